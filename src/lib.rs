@@ -1,0 +1,16 @@
+//! invoicer: a month-end invoicing engine on NATS JetStream and PostgreSQL.
+//!
+//! The pure core prices and totals; adapters move rows and messages in and out of it.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`money`] | exact decimals, integer cents, the one rounding helper |
+//! | [`period`] | half-open UTC billing periods and daily proration |
+//! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
+//! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
+//! | [`invoice`] | invoices, lines, the status machine |
+pub mod catalog;
+pub mod invoice;
+pub mod money;
+pub mod period;
+pub mod quote;

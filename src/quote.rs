@@ -1,0 +1,322 @@
+//! The quote engine: one pure function prices a subscription for a window of a period, and one
+//! totals a tenant's lines and adds tax. Provisioning-time quotes, previews and month-end invoices
+//! all call these, so a quoted price and an invoiced price cannot differ.
+//!
+//! Quantities that depend on the proration stay exact by carrying the period length as a common
+//! denominator: a usage `u` against an allowance `i` prorated by `a/D` is `(u·D − i·a) / D`, and an
+//! amount is rounded to cents once, from that exact fraction, by [`money::to_cents`].
+
+use crate::catalog::{Addon, Currency, OveragePrice, Plan, Proration, TaxPolicy, TierMode};
+use crate::invoice::{LineKind, QuoteLine};
+use crate::money::{self, Exact};
+use crate::period::Period;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    #[error("{what} {code} is priced in {found}, the invoice is in {expected}")]
+    CurrencyMismatch {
+        what: &'static str,
+        code: String,
+        found: String,
+        expected: String,
+    },
+    #[error("subscription is not active in {0}")]
+    NotActive(Period),
+    #[error(transparent)]
+    Overflow(#[from] money::Overflow),
+}
+
+/// One subscription's pricing inputs for one period.
+#[derive(Debug, Clone)]
+pub struct SubscriptionInput<'a> {
+    pub deployment_id: Option<Uuid>,
+    pub plan: &'a Plan,
+    pub addons: &'a [&'a Addon],
+    /// Usage inside the subscription's window, summed by resource kind.
+    pub usage: &'a BTreeMap<String, Decimal>,
+    pub period: Period,
+    pub active_from: DateTime<Utc>,
+    pub active_to: Option<DateTime<Utc>>,
+    pub currency: &'a Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionQuote {
+    pub lines: Vec<QuoteLine>,
+    /// Resource kinds with usage that the plan neither includes nor prices: not billed.
+    pub unbilled_kinds: Vec<String>,
+}
+
+/// A priced set of lines with its totals, tax included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quote {
+    pub lines: Vec<QuoteLine>,
+    pub subtotal_cents: i64,
+    pub tax_cents: i64,
+    pub total_cents: i64,
+}
+
+fn overflow(what: &str) -> money::Overflow {
+    money::Overflow(what.to_string())
+}
+
+fn mul(a: Decimal, b: Decimal) -> Result<Decimal, money::Overflow> {
+    a.checked_mul(b).ok_or_else(|| overflow("multiplication"))
+}
+
+fn sub(a: Decimal, b: Decimal) -> Result<Decimal, money::Overflow> {
+    a.checked_sub(b).ok_or_else(|| overflow("subtraction"))
+}
+
+fn add(a: Decimal, b: Decimal) -> Result<Decimal, money::Overflow> {
+    a.checked_add(b).ok_or_else(|| overflow("addition"))
+}
+
+/// `n / d` as a decimal for display on a line; exact whenever the fraction terminates.
+fn ratio(n: Decimal, d: u32) -> Decimal {
+    (n / Decimal::from(d)).normalize()
+}
+
+fn symbol(currency: &Currency) -> &'static str {
+    match currency.as_str() {
+        "EUR" => "€",
+        "GBP" => "£",
+        "JPY" => "¥",
+        _ => "$",
+    }
+}
+
+fn check_currency(
+    what: &'static str,
+    code: &str,
+    found: &Currency,
+    expected: &Currency,
+) -> Result<(), QuoteError> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(QuoteError::CurrencyMismatch {
+            what,
+            code: code.to_string(),
+            found: found.to_string(),
+            expected: expected.to_string(),
+        })
+    }
+}
+
+/// Prices one subscription: a `plan_base` line, an `addon` line per add-on and an `overage`
+/// line per resource kind whose usage exceeds the prorated allowance.
+pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQuote, QuoteError> {
+    let SubscriptionInput {
+        deployment_id,
+        plan,
+        addons,
+        usage,
+        period,
+        currency,
+        ..
+    } = *input;
+    check_currency("plan", &plan.code, &plan.currency, currency)?;
+    for addon in addons {
+        check_currency("addon", &addon.code, &addon.currency, currency)?;
+    }
+    let active = period.active_days(input.active_from, input.active_to);
+    if active == 0 {
+        return Err(QuoteError::NotActive(period));
+    }
+    let period_days = u32::try_from(period.days()).map_err(|_| overflow("period"))?;
+    let active = u32::try_from(active).map_err(|_| overflow("period"))?;
+    // (a, D): the proration as a fraction; `none` bills any active period in full.
+    let (a, d) = match plan.proration {
+        Proration::Daily => (active, period_days),
+        Proration::None => (1, 1),
+    };
+    let a_dec = Decimal::from(a);
+    let d_dec = Decimal::from(d);
+    let fraction = ratio(a_dec, d);
+    let partial = if a == d {
+        String::new()
+    } else {
+        format!(" ({active} of {period_days} days)")
+    };
+    let sym = symbol(currency);
+
+    let mut lines = Vec::with_capacity(2 + addons.len() + usage.len());
+    lines.push(QuoteLine {
+        kind: LineKind::PlanBase,
+        deployment_id,
+        resource_kind: None,
+        description: format!("Plan: {}{partial}", plan.name),
+        quantity: fraction,
+        unit_price: Some(plan.base_price),
+        amount_cents: money::to_cents(Exact {
+            numer: mul(plan.base_price, a_dec)?,
+            denom: d,
+        })?,
+    });
+    for addon in addons {
+        lines.push(QuoteLine {
+            kind: LineKind::Addon,
+            deployment_id,
+            resource_kind: addon.resource_kind.clone(),
+            description: format!("Addon: {}{partial}", addon.name),
+            quantity: fraction,
+            unit_price: Some(addon.price),
+            amount_cents: money::to_cents(Exact {
+                numer: mul(addon.price, a_dec)?,
+                denom: d,
+            })?,
+        });
+    }
+
+    let mut unbilled_kinds = Vec::new();
+    for (kind, &used) in usage {
+        let included = plan.included.get(kind);
+        let price = plan.overage.get(kind);
+        if included.is_none() && price.is_none() {
+            unbilled_kinds.push(kind.clone());
+            continue;
+        }
+        // Over the allowance, in units of 1/D.
+        let over = sub(
+            mul(used, d_dec)?,
+            mul(included.copied().unwrap_or_default(), a_dec)?,
+        )?;
+        let Some(price) = price else { continue }; // an allowance without a price is a cap
+        if over <= Decimal::ZERO {
+            continue;
+        }
+        let quantity = ratio(over, d);
+        let (numer, unit_price, detail) = match price {
+            OveragePrice::PerUnit(p) => {
+                (mul(over, *p)?, Some(*p), format!("{quantity} × {sym}{p}"))
+            }
+            OveragePrice::Tiered {
+                mode: TierMode::Volume,
+                tiers,
+            } => {
+                let tier = volume_tier(tiers, over, d_dec)?;
+                (
+                    mul(over, tier)?,
+                    Some(tier),
+                    format!("{quantity} × {sym}{tier}"),
+                )
+            }
+            OveragePrice::Tiered {
+                mode: TierMode::Graduated,
+                tiers,
+            } => {
+                let (numer, parts) = graduated(tiers, over, d)?;
+                let detail = parts
+                    .iter()
+                    .map(|(q, p)| format!("{q} × {sym}{p}"))
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                (numer, None, detail)
+            }
+        };
+        lines.push(QuoteLine {
+            kind: LineKind::Overage,
+            deployment_id,
+            resource_kind: Some(kind.clone()),
+            description: format!("Overage: {kind} ({detail})"),
+            quantity,
+            unit_price,
+            amount_cents: money::to_cents(Exact { numer, denom: d })?,
+        });
+    }
+    Ok(SubscriptionQuote {
+        lines,
+        unbilled_kinds,
+    })
+}
+
+/// The unit price of the tier the whole quantity (`over / D`) falls in.
+fn volume_tier(
+    tiers: &[crate::catalog::Tier],
+    over: Decimal,
+    d: Decimal,
+) -> Result<Decimal, money::Overflow> {
+    for tier in tiers {
+        match tier.up_to {
+            Some(up) if over > mul(up, d)? => continue,
+            _ => return Ok(tier.unit_price),
+        }
+    }
+    Err(overflow("tiers without an unbounded last tier"))
+}
+
+/// Sums each tier's share of `over / D` at that tier's price; returns the amount over `D` and
+/// the (quantity, price) parts for the description.
+fn graduated(
+    tiers: &[crate::catalog::Tier],
+    over: Decimal,
+    d: u32,
+) -> Result<(Decimal, Vec<(Decimal, Decimal)>), money::Overflow> {
+    let d_dec = Decimal::from(d);
+    let mut remaining = over;
+    let mut floor = Decimal::ZERO;
+    let mut numer = Decimal::ZERO;
+    let mut parts = Vec::new();
+    for tier in tiers {
+        if remaining <= Decimal::ZERO {
+            break;
+        }
+        let take = match tier.up_to {
+            Some(up) => {
+                let ceiling = mul(up, d_dec)?;
+                let take = remaining.min(sub(ceiling, floor)?);
+                floor = ceiling;
+                take
+            }
+            None => remaining,
+        };
+        numer = add(numer, mul(take, tier.unit_price)?)?;
+        remaining = sub(remaining, take)?;
+        parts.push((ratio(take, d), tier.unit_price));
+    }
+    Ok((numer, parts))
+}
+
+/// The tax line for a subtotal, or `None` for an exempt tenant.
+pub fn tax_line(subtotal_cents: i64, tax: &TaxPolicy) -> Result<Option<QuoteLine>, QuoteError> {
+    if tax.exempt {
+        return Ok(None);
+    }
+    let base = money::cents_to_decimal(subtotal_cents);
+    let percent = mul(tax.rate, Decimal::ONE_HUNDRED)?.normalize();
+    Ok(Some(QuoteLine {
+        kind: LineKind::Tax,
+        deployment_id: None,
+        resource_kind: None,
+        description: format!("{} {percent}%", tax.label),
+        quantity: base,
+        unit_price: Some(tax.rate),
+        amount_cents: money::to_cents(Exact::whole(mul(base, tax.rate)?))?,
+    }))
+}
+
+/// Totals a tenant's priced lines and appends its tax line.
+pub fn finish(mut lines: Vec<QuoteLine>, tax: &TaxPolicy) -> Result<Quote, QuoteError> {
+    let subtotal_cents = lines.iter().try_fold(0i64, |acc, l| {
+        acc.checked_add(l.amount_cents)
+            .ok_or_else(|| overflow("subtotal"))
+    })?;
+    let tax = tax_line(subtotal_cents, tax)?;
+    let tax_cents = tax.as_ref().map_or(0, |l| l.amount_cents);
+    lines.extend(tax);
+    let total_cents = subtotal_cents
+        .checked_add(tax_cents)
+        .ok_or_else(|| overflow("total"))?;
+    Ok(Quote {
+        lines,
+        subtotal_cents,
+        tax_cents,
+        total_cents,
+    })
+}
