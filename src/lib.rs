@@ -10,7 +10,9 @@
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
 pub mod catalog;
+pub mod error;
 pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod quote;
+pub mod wire;

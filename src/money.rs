@@ -6,7 +6,7 @@
 //! rational value, half away from zero.
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::str::FromStr;
 
 /// Money arithmetic left the representable range (an absurd price or quantity).
@@ -206,5 +206,21 @@ mod tests {
         assert_eq!(format_cents(5), "0.05");
         assert_eq!(format_cents(-5), "-0.05");
         assert_eq!(format_cents(0), "0.00");
+    }
+}
+
+/// A decimal that travels as a JSON string (`"0.01"`), never as a JSON number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Dec(pub Decimal);
+
+impl Serialize for Dec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        decimal_str::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        decimal_str::deserialize(d).map(Dec)
     }
 }
