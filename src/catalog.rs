@@ -280,6 +280,13 @@ impl Subscription {
     }
 }
 
+/// Plans and add-ons by code: what a set of subscriptions refers to.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    pub plans: std::collections::HashMap<String, Plan>,
+    pub addons: std::collections::HashMap<String, Addon>,
+}
+
 fn check_name(name: &str) -> Result<(), CatalogError> {
     if name.trim().is_empty() || name.len() > 200 {
         return Err(CatalogError::Invalid(

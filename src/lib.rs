@@ -15,4 +15,5 @@ pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod quote;
+pub mod store;
 pub mod wire;

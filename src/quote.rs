@@ -6,7 +6,9 @@
 //! denominator: a usage `u` against an allowance `i` prorated by `a/D` is `(u·D − i·a) / D`, and an
 //! amount is rounded to cents once, from that exact fraction, by [`money::to_cents`].
 
-use crate::catalog::{Addon, Currency, OveragePrice, Plan, Proration, TaxPolicy, TierMode};
+use crate::catalog::{
+    Addon, Catalog, Currency, OveragePrice, Plan, Proration, Subscription, TaxPolicy, Tenant, TierMode,
+};
 use crate::invoice::{LineKind, QuoteLine};
 use crate::money::{self, Exact};
 use crate::period::Period;
@@ -25,6 +27,8 @@ pub enum QuoteError {
         found: String,
         expected: String,
     },
+    #[error("unknown {what} {code:?}")]
+    Unknown { what: &'static str, code: String },
     #[error("subscription is not active in {0}")]
     NotActive(Period),
     #[error(transparent)]
@@ -318,5 +322,64 @@ pub fn finish(mut lines: Vec<QuoteLine>, tax: &TaxPolicy) -> Result<Quote, Quote
         subtotal_cents,
         tax_cents,
         total_cents,
+    })
+}
+
+/// A subscription with the usage that fell inside its window.
+#[derive(Debug, Clone)]
+pub struct MeteredSubscription {
+    pub subscription: Subscription,
+    pub usage: BTreeMap<String, Decimal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantQuote {
+    pub quote: Quote,
+    /// (deployment, resource kind) pairs whose usage the plans do not price.
+    pub unbilled_kinds: Vec<(Uuid, String)>,
+}
+
+/// Prices a tenant's subscriptions for a period into one set of lines with one tax line: the
+/// invoice the rollup issues and the preview a tenant sees.
+pub fn quote_tenant(
+    tenant: &Tenant,
+    subscriptions: &[MeteredSubscription],
+    catalog: &Catalog,
+    period: Period,
+) -> Result<TenantQuote, QuoteError> {
+    let mut lines = Vec::new();
+    let mut unbilled_kinds = Vec::new();
+    for m in subscriptions {
+        let s = &m.subscription;
+        let plan = catalog.plans.get(&s.plan).ok_or_else(|| QuoteError::Unknown {
+            what: "plan",
+            code: s.plan.clone(),
+        })?;
+        let addons = s
+            .addons
+            .iter()
+            .map(|code| {
+                catalog.addons.get(code).ok_or_else(|| QuoteError::Unknown {
+                    what: "addon",
+                    code: code.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let priced = quote_subscription(&SubscriptionInput {
+            deployment_id: Some(s.deployment_id),
+            plan,
+            addons: &addons,
+            usage: &m.usage,
+            period,
+            active_from: s.started_at,
+            active_to: s.ended_at,
+            currency: &tenant.currency,
+        })?;
+        lines.extend(priced.lines);
+        unbilled_kinds.extend(priced.unbilled_kinds.into_iter().map(|k| (s.deployment_id, k)));
+    }
+    Ok(TenantQuote {
+        quote: finish(lines, &tenant.tax)?,
+        unbilled_kinds,
     })
 }

@@ -1,0 +1,65 @@
+//! PostgreSQL adapter: connection, embedded migrations, and one module of queries per concern.
+//! Rows become domain values here; nothing else in the crate writes SQL.
+
+pub mod catalog;
+pub mod invoices;
+pub mod outbox;
+pub mod rollup;
+pub mod usage;
+
+use crate::error::{Error, Result};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects to `url`, creating the database first if it does not exist. Every session runs in
+/// UTC so that `date` and `timestamptz` compare as the contract's UTC periods.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::bad(format!("DATABASE_URL: {e}")))?
+        .options([("timezone", "UTC")])
+        .log_statements(tracing::log::LevelFilter::Trace);
+    create_database_if_missing(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
+    let Some(name) = options.get_database().map(str::to_string) else {
+        return Ok(());
+    };
+    match sqlx::PgConnection::connect_with(options).await {
+        Ok(_) => return Ok(()),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(&sql).execute(&mut admin).await {
+        Ok(_) => {
+            tracing::info!(database = %name, "created database");
+            Ok(())
+        }
+        // Another replica created it first.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies pending migrations (idempotent; concurrent callers serialise on sqlx's lock).
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+            other => Error::Internal(format!("migration failed: {other}")),
+        })
+}
