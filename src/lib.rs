@@ -9,11 +9,15 @@
 //! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
+pub mod api;
+pub mod bus;
 pub mod catalog;
+pub mod config;
 pub mod error;
 pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod quote;
+pub mod rollup;
 pub mod store;
 pub mod wire;

@@ -111,3 +111,129 @@ pub async fn live_for_period(
         None => Ok(None),
     }
 }
+
+/// Filters for a list; `tenant` is the caller's scope or an admin's filter.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub tenant: Option<String>,
+    pub status: Option<Status>,
+    pub period_start: Option<chrono::NaiveDate>,
+    /// Keyset position: strictly after this (period_start, id), newest period first.
+    pub after: Option<(chrono::NaiveDate, Uuid)>,
+    pub limit: i64,
+}
+
+/// One page of invoices without lines, and whether another page follows.
+pub async fn list(db: &mut PgConnection, f: &ListFilter) -> Result<(Vec<Invoice>, bool)> {
+    let sql = format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices
+         WHERE ($1::text IS NULL OR tenant_id = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::date IS NULL OR period_start = $3)
+           AND ($4::date IS NULL OR (period_start, id) < ($4, $5))
+         ORDER BY period_start DESC, id DESC
+         LIMIT $6"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(f.tenant.as_deref())
+        .bind(f.status.map(Status::as_str))
+        .bind(f.period_start)
+        .bind(f.after.map(|a| a.0))
+        .bind(f.after.map(|a| a.1))
+        .bind(f.limit + 1)
+        .fetch_all(db)
+        .await?;
+    let more = rows.len() as i64 > f.limit;
+    let invoices = rows
+        .iter()
+        .take(f.limit as usize)
+        .map(invoice_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok((invoices, more))
+}
+
+/// Locks an invoice for a status change.
+pub async fn lock(db: &mut PgConnection, id: Uuid) -> Result<Invoice> {
+    let sql = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(&mut *db)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("invoice {id} not found")))?;
+    invoice_from_row(&row)
+}
+
+/// Writes a status change decided by the caller (`crate::api`), which checked the transition.
+pub async fn set_status(db: &mut PgConnection, inv: &Invoice) -> Result<()> {
+    let number = inv
+        .number
+        .as_deref()
+        .map(|n| n.trim_start_matches("INV-").parse::<i64>())
+        .transpose()
+        .map_err(|_| Error::Internal("bad invoice number".into()))?;
+    sqlx::query(
+        "UPDATE invoices SET status = $2, number = $3, issued_at = $4, paid_at = $5,
+           voided_at = $6, void_reason = $7, updated_at = now() WHERE id = $1",
+    )
+    .bind(inv.id)
+    .bind(inv.status.as_str())
+    .bind(number)
+    .bind(inv.issued_at)
+    .bind(inv.paid_at)
+    .bind(inv.voided_at)
+    .bind(inv.void_reason.as_deref())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Amounts of live invoices for a period, grouped by deployment and by (line kind, resource kind).
+pub async fn revenue_summary(
+    db: &mut PgConnection,
+    period_start: chrono::NaiveDate,
+) -> Result<serde_json::Value> {
+    let by_deployment = sqlx::query(
+        "SELECT l.deployment_id, i.currency, sum(l.amount_cents)::bigint AS amount_cents, count(DISTINCT i.id) AS invoices
+         FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+         WHERE i.period_start = $1 AND i.status IN ('issued', 'paid') AND l.kind <> 'tax'
+         GROUP BY l.deployment_id, i.currency ORDER BY amount_cents DESC, l.deployment_id",
+    )
+    .bind(period_start)
+    .fetch_all(&mut *db)
+    .await?;
+    let by_kind = sqlx::query(
+        "SELECT l.kind, l.resource_kind, i.currency, sum(l.amount_cents)::bigint AS amount_cents
+         FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
+         WHERE i.period_start = $1 AND i.status IN ('issued', 'paid')
+         GROUP BY l.kind, l.resource_kind, i.currency ORDER BY l.kind, l.resource_kind NULLS FIRST",
+    )
+    .bind(period_start)
+    .fetch_all(&mut *db)
+    .await?;
+    let dep = by_deployment
+        .iter()
+        .map(|r| {
+            Ok(serde_json::json!({
+                "deployment_id": r.try_get::<Option<Uuid>, _>("deployment_id")?,
+                "currency": r.try_get::<String, _>("currency")?,
+                "amount_cents": r.try_get::<i64, _>("amount_cents")?,
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let kind = by_kind
+        .iter()
+        .map(|r| {
+            Ok(serde_json::json!({
+                "kind": r.try_get::<String, _>("kind")?,
+                "resource_kind": r.try_get::<Option<String>, _>("resource_kind")?,
+                "currency": r.try_get::<String, _>("currency")?,
+                "amount_cents": r.try_get::<i64, _>("amount_cents")?,
+            }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::json!({
+        "period_start": period_start,
+        "by_deployment": dep,
+        "by_resource_kind": kind,
+    }))
+}

@@ -108,3 +108,13 @@ pub async fn backlog(pool: &PgPool) -> Result<i64> {
         .fetch_one(pool)
         .await?)
 }
+
+/// The payload of the event with this msg id, if it was ever written.
+pub async fn payload_of(pool: &PgPool, msg_id: &str) -> Result<Option<serde_json::Value>> {
+    let row: Option<sqlx::types::Json<serde_json::Value>> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE msg_id = $1")
+            .bind(msg_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|j| j.0))
+}

@@ -1,0 +1,347 @@
+//! Request handlers, independent of the transport: a payload and the caller's scope in, a
+//! JSON value or a typed error out. `bus::service` puts them on NATS.
+
+use crate::bus::service::Endpoint;
+use crate::catalog::{Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId};
+use crate::error::{Error, Result};
+use crate::invoice::{format_number, Invoice, Status};
+use crate::money::Dec;
+use crate::period::Period;
+use crate::quote::{self, MeteredSubscription};
+use crate::rollup::invoice_event;
+use crate::store::{self, invoices::ListFilter};
+use crate::wire::{self, AddonDto, PlanDto, SubscriptionDto, TenantDto, TenantPut, TenantPutDto};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub const MAX_LIST_LIMIT: i64 = 500;
+pub const DEFAULT_LIST_LIMIT: i64 = 50;
+
+/// Who is asking, as derived from the subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Admin,
+    Tenant(TenantId),
+}
+
+pub struct Ctx<'a> {
+    pub pool: &'a PgPool,
+    pub relay: &'a Notify,
+}
+
+fn to_value(v: impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
+}
+
+pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) -> Result<Value> {
+    match ep {
+        Endpoint::PlansPut => {
+            let plan = Plan::try_from(wire::parse::<PlanDto>(payload)?)?;
+            store::catalog::put_plan(ctx.pool, &plan).await?;
+            to_value(PlanDto::from(&plan))
+        }
+        Endpoint::AddonsPut => {
+            let addon = Addon::try_from(wire::parse::<AddonDto>(payload)?)?;
+            store::catalog::put_addon(ctx.pool, &addon).await?;
+            to_value(AddonDto::from(&addon))
+        }
+        Endpoint::SubscriptionsPut => {
+            let sub = Subscription::try_from(wire::parse::<SubscriptionDto>(payload)?)?;
+            store::catalog::put_subscription(ctx.pool, &sub).await?;
+            to_value(SubscriptionDto::from(&sub))
+        }
+        Endpoint::TenantsPut => {
+            let put = TenantPut::try_from(wire::parse::<TenantPutDto>(payload)?)?;
+            let tenant = store::catalog::put_tenant(ctx.pool, &put).await?;
+            to_value(TenantDto::from(&tenant))
+        }
+        Endpoint::AdminList | Endpoint::TenantList => list(ctx, scope, payload).await,
+        Endpoint::AdminGet | Endpoint::TenantGet => {
+            let req: IdRequest = wire::parse(payload)?;
+            let mut conn = ctx.pool.acquire().await?;
+            let inv = store::invoices::get(&mut conn, req.id, scope_tenant(scope)).await?;
+            to_value(inv)
+        }
+        Endpoint::AdminIssue => transition(ctx, payload, Status::Issued).await,
+        Endpoint::AdminMarkPaid => transition(ctx, payload, Status::Paid).await,
+        Endpoint::AdminVoid => transition(ctx, payload, Status::Void).await,
+        Endpoint::RevenueSummary => {
+            let req: PeriodRequest = wire::parse(payload)?;
+            let start = req
+                .period_start
+                .ok_or_else(|| Error::bad("period_start is required"))?;
+            let mut conn = ctx.pool.acquire().await?;
+            store::invoices::revenue_summary(&mut conn, start).await
+        }
+        Endpoint::TenantPreview => {
+            let Scope::Tenant(tenant) = scope else {
+                return Err(Error::bad("preview is a tenant endpoint"));
+            };
+            let req: PeriodRequest = wire::parse(payload)?;
+            preview(ctx.pool, tenant, req.period_start, Utc::now()).await
+        }
+        Endpoint::Quote => quote_request(ctx.pool, wire::parse(payload)?, Utc::now()).await,
+    }
+}
+
+fn scope_tenant(scope: &Scope) -> Option<&str> {
+    match scope {
+        Scope::Admin => None,
+        Scope::Tenant(t) => Some(t.as_str()),
+    }
+}
+
+#[derive(Deserialize)]
+struct IdRequest {
+    id: Uuid,
+}
+
+#[derive(Deserialize)]
+struct PeriodRequest {
+    #[serde(default)]
+    period_start: Option<NaiveDate>,
+}
+
+#[derive(Deserialize)]
+struct ListRequest {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    period_start: Option<NaiveDate>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    tenant_id: Option<String>,
+}
+
+/// Cursors are `<period_start>~<invoice id>` of the last row returned; opaque to callers.
+fn encode_cursor(inv: &Invoice) -> String {
+    format!("{}~{}", inv.period_start, inv.id)
+}
+
+fn decode_cursor(c: &str) -> Result<(NaiveDate, Uuid)> {
+    let bad = || Error::bad("cursor is not one this service returned");
+    let (d, id) = c.split_once('~').ok_or_else(bad)?;
+    Ok((d.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?))
+}
+
+async fn list(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
+    let req: ListRequest = wire::parse(payload)?;
+    let limit = req.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(Error::bad(format!("limit must be 1-{MAX_LIST_LIMIT}")));
+    }
+    let status = req
+        .status
+        .as_deref()
+        .map(|s| Status::parse(s).ok_or_else(|| Error::bad(format!("unknown status {s:?}"))))
+        .transpose()?;
+    // A tenant's scope is its subject; a tenant_id in its payload can never widen it.
+    let tenant = match scope {
+        Scope::Tenant(t) => Some(t.to_string()),
+        Scope::Admin => req
+            .tenant_id
+            .as_deref()
+            .map(TenantId::parse)
+            .transpose()?
+            .map(|t| t.to_string()),
+    };
+    let filter = ListFilter {
+        tenant,
+        status,
+        period_start: req.period_start,
+        after: req.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit,
+    };
+    let mut conn = ctx.pool.acquire().await?;
+    let (invoices, more) = store::invoices::list(&mut conn, &filter).await?;
+    let next_cursor = more.then(|| invoices.last().map(encode_cursor)).flatten();
+    Ok(json!({"invoices": invoices, "next_cursor": next_cursor}))
+}
+
+#[derive(Deserialize)]
+struct TransitionRequest {
+    id: Uuid,
+    #[serde(default)]
+    paid_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Admin status changes. Paying a paid invoice returns it unchanged; any other illegal
+/// transition is a `conflict`. The change and its event commit together.
+async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> {
+    let req: TransitionRequest = wire::parse(payload)?;
+    let now = Utc::now().trunc_subsecs(0);
+    let mut tx = ctx.pool.begin().await?;
+    let mut inv = store::invoices::lock(&mut tx, req.id).await?;
+    if inv.status == Status::Paid && to == Status::Paid {
+        drop(tx);
+        let mut conn = ctx.pool.acquire().await?;
+        return to_value(store::invoices::get(&mut conn, req.id, None).await?);
+    }
+    if !inv.status.can_become(to) {
+        return Err(Error::Conflict(format!(
+            "invoice {} is {}; it cannot become {}",
+            inv.id,
+            inv.status.as_str(),
+            to.as_str()
+        )));
+    }
+    let was_issued = inv.status == Status::Issued;
+    match to {
+        Status::Issued => {
+            let n = store::rollup::allocate_numbers(&mut tx, 1).await?;
+            inv.number = Some(format_number(n));
+            inv.issued_at = Some(now);
+        }
+        Status::Paid => inv.paid_at = Some(req.paid_at.unwrap_or(now)),
+        Status::Void => {
+            let reason = req.reason.unwrap_or_else(|| "voided by admin".into());
+            if reason.trim().is_empty() || reason.len() > 500 {
+                return Err(Error::bad("reason must be 1-500 characters"));
+            }
+            inv.voided_at = Some(now);
+            inv.void_reason = Some(reason);
+        }
+        Status::Draft => return Err(Error::Conflict("nothing returns to draft".into())),
+    }
+    inv.status = to;
+    store::invoices::set_status(&mut tx, &inv).await?;
+    let full = store::invoices::get(&mut tx, inv.id, None).await?;
+    // A draft that was never issued was never announced, so its voiding is not either.
+    if !(to == Status::Void && !was_issued) {
+        store::outbox::insert(&mut tx, &[invoice_event(&full)]).await?;
+    }
+    tx.commit().await?;
+    ctx.relay.notify_one();
+    to_value(full)
+}
+
+/// The invoice the rollup would produce for a tenant from usage so far (not persisted).
+pub async fn preview(
+    pool: &PgPool,
+    tenant_id: &TenantId,
+    period_start: Option<NaiveDate>,
+    now: DateTime<Utc>,
+) -> Result<Value> {
+    let period = match period_start {
+        Some(s) => Period::monthly(s).map_err(Error::bad)?,
+        None => Period::month_before(now + chrono::Months::new(1)),
+    };
+    let mut tx = pool.begin().await?;
+    let tenant = store::catalog::tenant(&mut *tx, tenant_id)
+        .await?
+        .unwrap_or_else(|| Tenant::with_defaults(tenant_id.clone()));
+    let ids = vec![tenant_id.to_string()];
+    let subs = store::rollup::subscriptions(&mut tx, &ids, period).await?;
+    let mut usage = store::rollup::usage(&mut tx, &ids, period).await?;
+    let plans: Vec<String> = subs.iter().map(|s| s.plan.clone()).collect();
+    let addons: Vec<String> = subs.iter().flat_map(|s| s.addons.clone()).collect();
+    let catalog = store::catalog::load_catalog(&mut tx, &plans, &addons).await?;
+    tx.rollback().await?;
+    let metered: Vec<MeteredSubscription> = subs
+        .into_iter()
+        .map(|s| MeteredSubscription {
+            usage: usage.remove(&s.id).unwrap_or_default(),
+            subscription: s,
+        })
+        .collect();
+    let q = quote::quote_tenant(&tenant, &metered, &catalog, period)?.quote;
+    Ok(json!({
+        "tenant_id": tenant.id.as_str(),
+        "period_start": period.start,
+        "period_end": period.end,
+        "currency": tenant.currency.as_str(),
+        "status": "preview",
+        "subtotal_cents": q.subtotal_cents,
+        "tax_cents": q.tax_cents,
+        "total_cents": q.total_cents,
+        "lines": q.lines,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct QuoteRequest {
+    plan: String,
+    #[serde(default)]
+    addons: Vec<String>,
+    #[serde(default)]
+    usage: BTreeMap<String, Dec>,
+    #[serde(default)]
+    period_start: Option<NaiveDate>,
+    #[serde(default)]
+    active_from: Option<DateTime<Utc>>,
+    #[serde(default)]
+    active_to: Option<DateTime<Utc>>,
+    #[serde(default)]
+    tax_rate: Option<Dec>,
+}
+
+/// A provisioning-time quote: the same engine as the rollup, on projected usage.
+pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>) -> Result<Value> {
+    let period = match req.period_start {
+        Some(s) => Period::monthly(s).map_err(Error::bad)?,
+        None => Period::month_before(now + chrono::Months::new(1)),
+    };
+    for (kind, qty) in &req.usage {
+        crate::catalog::check_token("usage", kind)?;
+        if qty.0.is_sign_negative() && !qty.0.is_zero() {
+            return Err(Error::bad("usage quantities must not be negative"));
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    let catalog: Catalog =
+        store::catalog::load_catalog(&mut conn, std::slice::from_ref(&req.plan), &req.addons).await?;
+    drop(conn);
+    let plan = catalog
+        .plans
+        .get(&req.plan)
+        .ok_or_else(|| Error::bad(format!("unknown plan {:?}", req.plan)))?;
+    let tax = TaxPolicy::new(
+        req.tax_rate.map_or(TaxPolicy::default().rate, |d| d.0),
+        "GST".into(),
+        false,
+    )?;
+    let tenant = Tenant {
+        id: TenantId::parse("quote")?,
+        currency: Currency::parse(plan.currency.as_str())?,
+        tax,
+    };
+    let sub = Subscription {
+        id: Uuid::nil(),
+        tenant_id: tenant.id.clone(),
+        deployment_id: Uuid::nil(),
+        plan: req.plan.clone(),
+        addons: req.addons.clone(),
+        started_at: req.active_from.unwrap_or_else(|| period.start_at()),
+        ended_at: req.active_to,
+    }
+    .validate()?;
+    let usage = req.usage.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    let q = quote::quote_tenant(
+        &tenant,
+        &[MeteredSubscription {
+            subscription: sub,
+            usage,
+        }],
+        &catalog,
+        period,
+    )?
+    .quote;
+    let mut v = to_value(&q)?;
+    // A quote has no deployment yet.
+    if let Some(lines) = v["lines"].as_array_mut() {
+        for l in lines {
+            l["deployment_id"] = Value::Null;
+        }
+    }
+    Ok(v)
+}

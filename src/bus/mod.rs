@@ -1,0 +1,131 @@
+//! NATS adapter: connection, streams and consumers, the outbox relay, and the request-reply
+//! service. Messages become domain values here and results become acks and replies.
+
+pub mod consumers;
+pub mod relay;
+pub mod service;
+
+use crate::config::NatsArgs;
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer, stream};
+use std::time::Duration;
+
+pub const ROLLUPS_STREAM: &str = "BILLING_ROLLUPS";
+pub const EVENTS_STREAM: &str = "BILLING_EVENTS";
+pub const USAGE_STREAM: &str = "METERING_USAGE";
+pub const ROLLUP_REQUESTED: &str = "billing.rollup.requested";
+pub const ROLLUP_COMPLETED: &str = "billing.rollup.completed";
+pub const ROLLUP_REJECTED: &str = "billing.rollup.rejected";
+/// Core NATS (not stored): one message per committed rollup batch, for `rollup --wait`.
+pub const ROLLUP_PROGRESS: &str = "billing.rollup.progress";
+pub const USAGE_RECORDED: &str = "metering.usage.recorded";
+pub const ROLLUPS_CONSUMER: &str = "invoicer-rollups";
+pub const USAGE_CONSUMER: &str = "invoicer-usage";
+
+/// Connects with the configured credentials and inbox prefix.
+pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            tracing::info!(%event, "nats connection event");
+        });
+    if let Some(path) = &args.nats_creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+    }
+    if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
+        opts = opts.user_and_password(user.clone(), pass.clone());
+    }
+    if let Some(prefix) = &args.nats_inbox_prefix {
+        opts = opts.custom_inbox_prefix(prefix);
+    }
+    opts.connect(&args.nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url))
+}
+
+fn stream_configs() -> [stream::Config; 3] {
+    let day = Duration::from_secs(86_400);
+    [
+        stream::Config {
+            name: ROLLUPS_STREAM.into(),
+            subjects: vec![ROLLUP_REQUESTED.into()],
+            max_age: 90 * day,
+            // Covers scheduler replicas that fire together and operators who retry.
+            duplicate_window: Duration::from_secs(3600),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+        stream::Config {
+            name: EVENTS_STREAM.into(),
+            subjects: vec![
+                "billing.invoice.>".into(),
+                ROLLUP_COMPLETED.into(),
+                ROLLUP_REJECTED.into(),
+                "billing.usage.late".into(),
+            ],
+            max_age: 365 * day,
+            // A relay that died between publish and mark re-publishes within its lease.
+            duplicate_window: Duration::from_secs(3600),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+        stream::Config {
+            name: USAGE_STREAM.into(),
+            subjects: vec![USAGE_RECORDED.into()],
+            max_age: 35 * day,
+            duplicate_window: Duration::from_secs(600),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
+    ]
+}
+
+/// Creates the three streams if missing (idempotent; an existing stream is left as it is).
+pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
+    for config in stream_configs() {
+        let name = config.name.clone();
+        js.get_or_create_stream(config)
+            .await
+            .with_context(|| format!("ensuring stream {name}"))?;
+    }
+    Ok(())
+}
+
+/// The durable pull consumers the worker reads. Retries are paced by explicit `Nak` delays
+/// rather than a consumer `backoff`, which on 2.9 would also shorten `ack_wait` for long work.
+pub async fn ensure_consumers(
+    js: &jetstream::Context,
+) -> anyhow::Result<(PullConsumer, PullConsumer)> {
+    let rollups = js.get_stream(ROLLUPS_STREAM).await?;
+    let usage = js.get_stream(USAGE_STREAM).await?;
+    let rollup_consumer = rollups
+        .get_or_create_consumer(
+            ROLLUPS_CONSUMER,
+            pull::Config {
+                durable_name: Some(ROLLUPS_CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let usage_consumer = usage
+        .get_or_create_consumer(
+            USAGE_CONSUMER,
+            pull::Config {
+                durable_name: Some(USAGE_CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: -1,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok((rollup_consumer, usage_consumer))
+}
