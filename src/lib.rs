@@ -12,12 +12,17 @@
 pub mod api;
 pub mod bus;
 pub mod catalog;
+pub mod client;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod quote;
+pub mod render;
 pub mod rollup;
 pub mod store;
+pub mod telemetry;
 pub mod wire;
+pub mod worker;
