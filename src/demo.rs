@@ -85,11 +85,20 @@ async fn wait_for_worker(client: &async_nats::Client) -> anyhow::Result<()> {
     bail!("the in-process worker did not start within 15s (see the log above)")
 }
 
-async fn scenario(db: &DbArgs, client: &async_nats::Client, js: &jetstream::Context) -> anyhow::Result<()> {
+async fn scenario(
+    db: &DbArgs,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+) -> anyhow::Result<()> {
     let (plan, addon) = seed_catalog();
     call(client, "billing.admin.plans.put", &plan).await?;
     call(client, "billing.admin.addons.put", &addon).await?;
-    call(client, "billing.admin.tenants.put", &json!({"tenant_id": TENANT})).await?;
+    call(
+        client,
+        "billing.admin.tenants.put",
+        &json!({"tenant_id": TENANT}),
+    )
+    .await?;
     call(
         client,
         "billing.admin.subscriptions.put",
@@ -97,7 +106,9 @@ async fn scenario(db: &DbArgs, client: &async_nats::Client, js: &jetstream::Cont
                 "plan": "studio", "addons": ["storage_50gb"], "started_at": "2026-03-15T00:00:00Z"}),
     )
     .await?;
-    println!("Loaded plan Studio, addon storage_50gb, tenant {TENANT} and its deployment {DEPLOYMENT}.");
+    println!(
+        "Loaded plan Studio, addon storage_50gb, tenant {TENANT} and its deployment {DEPLOYMENT}."
+    );
 
     let records = seed_usage();
     let ids: Vec<Uuid> = records
@@ -108,10 +119,16 @@ async fn scenario(db: &DbArgs, client: &async_nats::Client, js: &jetstream::Cont
         let body = json!({"records": chunk});
         let msg = PublishMessage::build()
             .payload(body.to_string().into())
-            .message_id(format!("demo-usage:{}", chunk[0]["event_id"].as_str().unwrap_or("")));
+            .message_id(format!(
+                "demo-usage:{}",
+                chunk[0]["event_id"].as_str().unwrap_or("")
+            ));
         js.send_publish(USAGE_RECORDED, msg).await?.await?;
     }
-    println!("Published {} usage records (3 droplets x 30 days x 24 droplet_hours = 2160).", records.len());
+    println!(
+        "Published {} usage records (3 droplets x 30 days x 24 droplet_hours = 2160).",
+        records.len()
+    );
     wait_for_usage(db, &ids).await?;
 
     let first = rollup(client, js, false).await?;
@@ -146,10 +163,11 @@ async fn scenario(db: &DbArgs, client: &async_nats::Client, js: &jetstream::Cont
 async fn wait_for_usage(db: &DbArgs, ids: &[Uuid]) -> anyhow::Result<()> {
     let pool = crate::store::connect(&db.database_url, 1).await?;
     for _ in 0..120 {
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_records WHERE event_id = ANY($1)")
-            .bind(ids)
-            .fetch_one(&pool)
-            .await?;
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM usage_records WHERE event_id = ANY($1)")
+                .bind(ids)
+                .fetch_one(&pool)
+                .await?;
         if stored == ids.len() as i64 {
             return Ok(());
         }
@@ -158,7 +176,11 @@ async fn wait_for_usage(db: &DbArgs, ids: &[Uuid]) -> anyhow::Result<()> {
     bail!("the worker did not store the demo's usage within 30s")
 }
 
-async fn rollup(client: &async_nats::Client, js: &jetstream::Context, force: bool) -> anyhow::Result<Value> {
+async fn rollup(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    force: bool,
+) -> anyhow::Result<Value> {
     let request_id = format!("demo-{}", Uuid::new_v4());
     let mut completed = client.subscribe(ROLLUP_COMPLETED).await?;
     let request = json!({"period_start": "2026-04-01", "force": force, "request_id": request_id});

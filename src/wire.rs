@@ -16,7 +16,20 @@ pub fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Error>
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::bad("empty payload: expected a JSON object"));
     }
-    serde_json::from_slice(payload).map_err(|e| Error::bad(format!("invalid payload: {e}")))
+    // The path names the offending field: "period_start: input is out of range".
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::bad(format!("invalid payload: {inner}"))
+        } else {
+            Error::bad(format!("invalid payload: {path}: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| Error::bad(format!("invalid payload: {e}")))?;
+    Ok(value)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,7 +59,11 @@ impl TryFrom<OverageDto> for OveragePrice {
                 let mode = match mode {
                     "graduated" => TierMode::Graduated,
                     "volume" => TierMode::Volume,
-                    other => return Err(Error::bad(format!("overage mode {other:?} must be graduated or volume"))),
+                    other => {
+                        return Err(Error::bad(format!(
+                            "overage mode {other:?} must be graduated or volume"
+                        )))
+                    }
                 };
                 let tiers = tiers
                     .into_iter()
@@ -115,7 +132,11 @@ impl TryFrom<PlanDto> for Plan {
         let proration = match p.proration.as_deref() {
             None | Some("daily") => Proration::Daily,
             Some("none") => Proration::None,
-            Some(other) => return Err(Error::bad(format!("proration {other:?} must be daily or none"))),
+            Some(other) => {
+                return Err(Error::bad(format!(
+                    "proration {other:?} must be daily or none"
+                )))
+            }
         };
         let overage = p
             .overage
@@ -142,8 +163,16 @@ impl From<&Plan> for PlanDto {
             name: p.name.clone(),
             currency: p.currency.to_string(),
             base_price: Dec(p.base_price),
-            included: p.included.iter().map(|(k, v)| (k.clone(), Dec(*v))).collect(),
-            overage: p.overage.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
+            included: p
+                .included
+                .iter()
+                .map(|(k, v)| (k.clone(), Dec(*v)))
+                .collect(),
+            overage: p
+                .overage
+                .iter()
+                .map(|(k, v)| (k.clone(), v.into()))
+                .collect(),
             proration: Some(
                 match p.proration {
                     Proration::Daily => "daily",
@@ -335,7 +364,9 @@ impl TryFrom<RollupRequestDto> for RollupRequest {
         let tenant_ids = match r.tenant_ids {
             None => None,
             Some(ids) if ids.is_empty() => {
-                return Err(Error::bad("tenant_ids must not be empty (null means every tenant)"))
+                return Err(Error::bad(
+                    "tenant_ids must not be empty (null means every tenant)",
+                ))
             }
             Some(ids) => {
                 let mut ids = ids
@@ -412,7 +443,8 @@ pub fn parse_usage(payload: &[u8]) -> Result<Vec<UsageRecord>, Error> {
             .map_err(|e| Error::bad(format!("invalid usage batch: {e}")))?
             .records
     } else {
-        vec![serde_json::from_value(value).map_err(|e| Error::bad(format!("invalid usage record: {e}")))?]
+        vec![serde_json::from_value(value)
+            .map_err(|e| Error::bad(format!("invalid usage record: {e}")))?]
     };
     records.into_iter().map(UsageRecord::try_from).collect()
 }
@@ -449,7 +481,10 @@ mod tests {
     fn usage_one_or_batch() {
         let one = br#"{"event_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b01","deployment_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b02","resource_kind":"droplet_hours","quantity":"24","occurred_at":"2026-04-01T00:00:00Z","extra":1}"#;
         assert_eq!(parse_usage(one).unwrap().len(), 1);
-        let batch = format!(r#"{{"records":[{0},{0}]}}"#, std::str::from_utf8(one).unwrap());
+        let batch = format!(
+            r#"{{"records":[{0},{0}]}}"#,
+            std::str::from_utf8(one).unwrap()
+        );
         assert_eq!(parse_usage(batch.as_bytes()).unwrap().len(), 2);
         let float = br#"{"event_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b01","deployment_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b02","resource_kind":"droplet_hours","quantity":24.5,"occurred_at":"2026-04-01T00:00:00Z"}"#;
         assert!(parse_usage(float).is_err());
@@ -465,7 +500,10 @@ mod tests {
         let plan = Plan::try_from(parse::<PlanDto>(json.as_bytes()).unwrap()).unwrap();
         let back = serde_json::to_value(PlanDto::from(&plan)).unwrap();
         assert_eq!(back["base_price"], "50.00");
-        assert_eq!(back["overage"]["gb_hours"]["tiers"][1]["up_to"], serde_json::Value::Null);
+        assert_eq!(
+            back["overage"]["gb_hours"]["tiers"][1]["up_to"],
+            serde_json::Value::Null
+        );
         let float = json.replace(r#""50.00""#, "50.0");
         assert!(parse::<PlanDto>(float.as_bytes()).is_err());
         let bad_mode = json.replace("graduated", "stepped");

@@ -1,0 +1,275 @@
+//! Test harness: each test gets its own PostgreSQL database and, where it needs JetStream, its
+//! own `nats-server` process on a free port with a temporary store, killed on drop. The
+//! machine's shared servers are never stopped or reconfigured. A missing service fails loudly.
+#![allow(dead_code)]
+
+use anyhow::Context;
+use invoicer::config::{DbArgs, NatsArgs, WorkerArgs};
+use serde_json::Value;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: sqlx::PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("invoicer_test_{}", uuid::Uuid::new_v4().simple());
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let pool = invoicer::store::connect(&url, 5)
+            .await
+            .expect("PostgreSQL must be running on 127.0.0.1:5432 (see README)");
+        invoicer::store::migrate(&pool)
+            .await
+            .expect("migrations apply");
+        TestDb { name, url, pool }
+    }
+
+    pub fn args(&self) -> DbArgs {
+        DbArgs {
+            database_url: self.url.clone(),
+            database_max_connections: 10,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime we can block on; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(ADMIN_URL).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut c)
+                            .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `nats-server` with JetStream, optionally with a config file.
+pub struct NatsServer {
+    pub port: u16,
+    pub url: String,
+    child: Child,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        Self::start_with(None)
+    }
+
+    pub fn start_with(config: Option<&Path>) -> NatsServer {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("nats-server");
+        if let Some(c) = config {
+            cmd.arg("-c").arg(c);
+        }
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("nats-server must be installed (see README)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            child,
+            _store: store,
+        }
+    }
+
+    pub fn args(&self) -> NatsArgs {
+        NatsArgs::local(&self.url)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An in-process worker, stopped (gracefully) on drop or by [`Worker::stop`].
+pub struct Worker {
+    stop: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Worker {
+    pub async fn start(db: &TestDb, nats: &NatsServer) -> Worker {
+        Self::start_with(db.args(), nats.args(), WorkerArgs::default()).await
+    }
+
+    pub async fn start_with(db: DbArgs, nats: NatsArgs, args: WorkerArgs) -> Worker {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let client = invoicer::bus::connect(&nats, "test-probe").await.unwrap();
+        let handle =
+            tokio::spawn(async move { invoicer::worker::run(&db, &nats, &args, token).await });
+        wait_until("the worker's service answers", || async {
+            invoicer::client::worker_running(&client).await
+        })
+        .await;
+        Worker {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Polls `check` until it holds, failing after 30s: waiting on a state, never sleeping blind.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message stored on `subject` in `stream`, as JSON, in stream order.
+pub async fn stream_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Vec<Value> {
+    let mut s = js.get_stream(stream).await.unwrap();
+    let last = s.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            if m.subject.as_str() == subject {
+                out.push(serde_json::from_slice(&m.payload).unwrap());
+            }
+        }
+    }
+    out
+}
+
+pub async fn admin(client: &async_nats::Client, subject: &str, body: Value) -> Value {
+    invoicer::client::call(client, subject, &body)
+        .await
+        .with_context(|| format!("{subject} {body}"))
+        .unwrap()
+}
+
+/// Loads the seed catalog (plan studio, addon storage_50gb).
+pub async fn load_seed_catalog(client: &async_nats::Client) {
+    let (plan, addon) = invoicer::demo::seed_catalog();
+    admin(client, "billing.admin.plans.put", plan).await;
+    admin(client, "billing.admin.addons.put", addon).await;
+}
+
+/// Publishes usage records in one message and waits until all are stored.
+pub async fn publish_usage(
+    js: &async_nats::jetstream::Context,
+    db: &TestDb,
+    records: Vec<Value>,
+    expect_stored: i64,
+) {
+    let body = serde_json::json!({ "records": records });
+    js.publish("metering.usage.recorded", body.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    wait_until("usage is stored", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_records")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        n >= expect_stored
+    })
+    .await;
+}
+
+/// Publishes a rollup request and waits for its completed event.
+pub async fn rollup(js: &async_nats::jetstream::Context, mut request: Value) -> Value {
+    let id = uuid::Uuid::new_v4().to_string();
+    request["request_id"] = Value::String(id.clone());
+    invoicer::client::request_rollup(js, &request, &id)
+        .await
+        .unwrap();
+    completed(js, &id).await
+}
+
+/// The `billing.rollup.completed` event of a request, once published.
+pub async fn completed(js: &async_nats::jetstream::Context, request_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = stream_messages(js, "BILLING_EVENTS", "billing.rollup.completed")
+            .await
+            .into_iter()
+            .find(|e| e["request_id"] == request_id);
+        if let Some(event) = found {
+            return event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollup {request_id} did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
