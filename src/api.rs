@@ -129,7 +129,10 @@ fn encode_cursor(inv: &Invoice) -> String {
 fn decode_cursor(c: &str) -> Result<(NaiveDate, Uuid)> {
     let bad = || Error::bad("cursor is not one this service returned");
     let (d, id) = c.split_once('~').ok_or_else(bad)?;
-    Ok((d.parse().map_err(|_| bad())?, id.parse().map_err(|_| bad())?))
+    Ok((
+        d.parse().map_err(|_| bad())?,
+        id.parse().map_err(|_| bad())?,
+    ))
 }
 
 async fn list(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
@@ -217,7 +220,7 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
     store::invoices::set_status(&mut tx, &inv).await?;
     let full = store::invoices::get(&mut tx, inv.id, None).await?;
     // A draft that was never issued was never announced, so its voiding is not either.
-    if !(to == Status::Void && !was_issued) {
+    if to != Status::Void || was_issued {
         store::outbox::insert(&mut tx, &[invoice_event(&full)]).await?;
     }
     tx.commit().await?;
@@ -299,7 +302,8 @@ pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>)
     }
     let mut conn = pool.acquire().await?;
     let catalog: Catalog =
-        store::catalog::load_catalog(&mut conn, std::slice::from_ref(&req.plan), &req.addons).await?;
+        store::catalog::load_catalog(&mut conn, std::slice::from_ref(&req.plan), &req.addons)
+            .await?;
     drop(conn);
     let plan = catalog
         .plans

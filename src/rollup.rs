@@ -66,7 +66,11 @@ pub enum Action {
 /// and a voided one replaced.
 pub fn decide(req: &RollupRequest, existing: Existing) -> Action {
     if !req.force {
-        return if existing.any { Action::Skip } else { Action::New };
+        return if existing.any {
+            Action::Skip
+        } else {
+            Action::New
+        };
     }
     match existing.live {
         None => Action::New,
@@ -97,20 +101,24 @@ impl Rollup<'_> {
         let total = q::count_tenants(self.pool, req).await?;
         tracing::info!(tenants = total, resumed_after = ?run.cursor, "rollup started");
         // A repeat of a finished request skips the loop: its completed event already exists.
-        while !run.completed {
+        let mut finished = run.completed;
+        while !finished {
             if self.shutdown.is_cancelled() {
                 return Ok(Outcome::Interrupted);
             }
             let mut tx = self.pool.begin().await?;
             let state = q::lock_run(&mut tx, key).await?;
             if state.completed {
-                break;
+                finished = true;
+                continue;
             }
-            let tenants = q::next_tenants(&mut tx, req, state.cursor.as_deref(), self.batch_size).await?;
+            let tenants =
+                q::next_tenants(&mut tx, req, state.cursor.as_deref(), self.batch_size).await?;
             let Some(last) = tenants.last().cloned() else {
                 self.complete(&mut tx, key, req, &state).await?;
                 tx.commit().await?;
-                break;
+                finished = true;
+                continue;
             };
             let counts = self.batch(&mut tx, key, req, &tenants).await?;
             q::advance_run(&mut tx, key, &last, &counts).await?;
@@ -205,7 +213,13 @@ impl Rollup<'_> {
         let now = Utc::now().trunc_subsecs(0);
         let mut plan = BatchPlan::default();
         for tenant in &tenants {
-            let action = decide(req, existing.get(tenant.id.as_str()).copied().unwrap_or_default());
+            let action = decide(
+                req,
+                existing
+                    .get(tenant.id.as_str())
+                    .copied()
+                    .unwrap_or_default(),
+            );
             let subs = by_tenant.remove(tenant.id.as_str()).unwrap_or_default();
             plan.add(req, tenant, action, &subs, &catalog, now);
         }
@@ -241,7 +255,10 @@ fn completed_msg_id(key: &str) -> String {
 
 /// The event announcing an invoice's current status, msg id `<invoice id>:<status>`.
 pub fn invoice_event(inv: &Invoice) -> Event {
-    let subject = inv.status.event_subject().unwrap_or("billing.invoice.draft");
+    let subject = inv
+        .status
+        .event_subject()
+        .unwrap_or("billing.invoice.draft");
     Event::new(subject, format!("{}:{}", inv.id, inv.status.as_str()), inv)
 }
 
@@ -305,7 +322,11 @@ impl BatchPlan {
             tracing::warn!(tenant = %tenant.id, %deployment, resource_kind = %kind,
                 "usage of a resource kind the plan does not price: not billed");
         }
-        let status = if req.draft { Status::Draft } else { Status::Issued };
+        let status = if req.draft {
+            Status::Draft
+        } else {
+            Status::Issued
+        };
         if status == Status::Issued {
             self.counts.issued += 1;
         } else {
@@ -397,8 +418,14 @@ mod tests {
     fn decisions_follow_the_contract() {
         let id = Uuid::nil();
         let none = Existing::default();
-        let only_void = Existing { any: true, live: None };
-        let live = |s| Existing { any: true, live: Some((id, s)) };
+        let only_void = Existing {
+            any: true,
+            live: None,
+        };
+        let live = |s| Existing {
+            any: true,
+            live: Some((id, s)),
+        };
         let cases = [
             (false, false, none, Action::New),
             (false, false, only_void, Action::Skip),
@@ -414,7 +441,11 @@ mod tests {
             (true, true, live(Status::Issued), Action::Skip),
         ];
         for (force, draft, existing, want) in cases {
-            assert_eq!(decide(&req(force, draft), existing), want, "{force} {draft} {existing:?}");
+            assert_eq!(
+                decide(&req(force, draft), existing),
+                want,
+                "{force} {draft} {existing:?}"
+            );
         }
     }
 }
