@@ -1,0 +1,116 @@
+//! Fault tolerance with real crashes: a worker process is SIGKILLed in the middle of a rollup,
+//! and a fresh one finishes it. Every tenant ends with exactly one invoice, numbers stay
+//! gapless, every issued event is published once, and the completed event's counts are exact.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+
+const TENANTS: i64 = 1500;
+
+fn worker_process(db: &TestDb, nats: &NatsServer) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_invoicer"))
+        .arg("run")
+        .env("DATABASE_URL", &db.url)
+        .env("NATS_URL", &nats.url)
+        // Small batches so the kill lands between commits.
+        .env("ROLLUP_BATCH_SIZE", "10")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the invoicer binary runs")
+}
+
+#[tokio::test]
+async fn sigkill_mid_rollup_loses_nothing_and_bills_nobody_twice() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+
+    let mut first = worker_process(&db, &nats);
+    wait_until("the first worker answers", || {
+        invoicer::client::worker_running(&client)
+    })
+    .await;
+    load_seed_catalog(&client).await;
+    // Bulk-load the tenants straight into the database: setup, not the subject under test.
+    sqlx::query(
+        "INSERT INTO tenants (tenant_id) SELECT 't' || lpad(g::text, 5, '0') FROM generate_series(1, $1) g;
+         ",
+    )
+    .bind(TENANTS)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
+         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01' FROM tenants",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    invoicer::client::request_rollup(
+        &js,
+        &json!({"period_start": "2026-04-01", "request_id": "crash"}),
+        "crash",
+    )
+    .await
+    .unwrap();
+    wait_until("some batches have committed", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        n >= 50
+    })
+    .await;
+    first.kill().expect("SIGKILL the worker"); // Child::kill sends SIGKILL on Unix
+    first.wait().unwrap();
+    let at_kill: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        at_kill < TENANTS,
+        "the kill must land mid-rollup (had {at_kill} of {TENANTS})"
+    );
+
+    let mut second = worker_process(&db, &nats);
+    let done = completed(&js, "crash").await;
+    assert_eq!(done["invoices_issued"], TENANTS, "{done}");
+    assert_eq!(done["invoices_skipped"], 0, "{done}");
+    assert_eq!(done["tenants_failed"], json!([]));
+
+    // One invoice per tenant, numbers 1..=N without gaps.
+    let (count, tenants, min, max): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT tenant_id), min(number), max(number) FROM invoices",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((count, tenants, min, max), (TENANTS, TENANTS, 1, TENANTS));
+
+    // Every issued event reaches the stream exactly once.
+    wait_until("the outbox drains", || async {
+        invoicer::store::outbox::backlog(&db.pool).await.unwrap() == 0
+    })
+    .await;
+    let issued = stream_messages(&js, "BILLING_EVENTS", "billing.invoice.issued").await;
+    let ids: HashSet<String> = issued
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(issued.len() as i64, TENANTS);
+    assert_eq!(ids.len() as i64, TENANTS);
+    let completed_events = stream_messages(&js, "BILLING_EVENTS", "billing.rollup.completed").await;
+    assert_eq!(completed_events.len(), 1);
+
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
