@@ -1,6 +1,6 @@
 //! A small client for the service and the streams, used by the CLI, the demo and the tests.
 
-use crate::bus::{ROLLUP_REQUESTED};
+use crate::bus::ROLLUP_REQUESTED;
 use anyhow::{anyhow, Context};
 use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::Value;
@@ -17,7 +17,11 @@ pub struct ServiceError {
 }
 
 /// Sends a request and parses the reply: the value, or the contract's error body.
-pub async fn call(client: &async_nats::Client, subject: &str, body: &Value) -> anyhow::Result<Value> {
+pub async fn call(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
     call_raw(client, subject, body.to_string().into_bytes())
         .await?
         .map_err(anyhow::Error::from)
@@ -54,7 +58,11 @@ pub async fn call_raw(
 }
 
 /// Publishes a rollup request with `msg_id` as its `Nats-Msg-Id`.
-pub async fn request_rollup(js: &jetstream::Context, request: &Value, msg_id: &str) -> anyhow::Result<()> {
+pub async fn request_rollup(
+    js: &jetstream::Context,
+    request: &Value,
+    msg_id: &str,
+) -> anyhow::Result<()> {
     let msg = PublishMessage::build()
         .payload(request.to_string().into())
         .message_id(msg_id);

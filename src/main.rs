@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "invoicer", version, about = "Month-end invoicing engine on NATS JetStream and PostgreSQL")]
+#[command(
+    name = "invoicer",
+    version,
+    about = "Month-end invoicing engine on NATS JetStream and PostgreSQL"
+)]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
@@ -225,12 +229,21 @@ async fn invoices(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<(
             show(&call(&client, "billing.admin.invoices.issue", &json!({"id": id})).await?)
         }
         InvoicesCommand::MarkPaid { id, paid_at } => show(
-            &call(&client, "billing.admin.invoices.mark_paid", &json!({"id": id, "paid_at": paid_at}))
-                .await
-                .context("mark_paid")?,
+            &call(
+                &client,
+                "billing.admin.invoices.mark_paid",
+                &json!({"id": id, "paid_at": paid_at}),
+            )
+            .await
+            .context("mark_paid")?,
         ),
         InvoicesCommand::Void { id, reason } => show(
-            &call(&client, "billing.admin.invoices.void", &json!({"id": id, "reason": reason})).await?,
+            &call(
+                &client,
+                "billing.admin.invoices.void",
+                &json!({"id": id, "reason": reason}),
+            )
+            .await?,
         ),
     }
     Ok(())

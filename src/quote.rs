@@ -7,7 +7,8 @@
 //! amount is rounded to cents once, from that exact fraction, by [`money::to_cents`].
 
 use crate::catalog::{
-    Addon, Catalog, Currency, OveragePrice, Plan, Proration, Subscription, TaxPolicy, Tenant, TierMode,
+    Addon, Catalog, Currency, OveragePrice, Plan, Proration, Subscription, TaxPolicy, Tenant,
+    TierMode,
 };
 use crate::invoice::{LineKind, QuoteLine};
 use crate::money::{self, Exact};
@@ -351,10 +352,13 @@ pub fn quote_tenant(
     let mut unbilled_kinds = Vec::new();
     for m in subscriptions {
         let s = &m.subscription;
-        let plan = catalog.plans.get(&s.plan).ok_or_else(|| QuoteError::Unknown {
-            what: "plan",
-            code: s.plan.clone(),
-        })?;
+        let plan = catalog
+            .plans
+            .get(&s.plan)
+            .ok_or_else(|| QuoteError::Unknown {
+                what: "plan",
+                code: s.plan.clone(),
+            })?;
         let addons = s
             .addons
             .iter()
@@ -376,7 +380,12 @@ pub fn quote_tenant(
             currency: &tenant.currency,
         })?;
         lines.extend(priced.lines);
-        unbilled_kinds.extend(priced.unbilled_kinds.into_iter().map(|k| (s.deployment_id, k)));
+        unbilled_kinds.extend(
+            priced
+                .unbilled_kinds
+                .into_iter()
+                .map(|k| (s.deployment_id, k)),
+        );
     }
     Ok(TenantQuote {
         quote: finish(lines, &tenant.tax)?,

@@ -32,7 +32,11 @@ pub fn invoice(inv: &Value) -> String {
     }
     let currency = s(&inv["currency"]);
     let _ = writeln!(out);
-    let _ = writeln!(out, "  {:<46} {:>10} {:>12} {:>12}", "Description", "Qty", "Unit price", "Amount");
+    let _ = writeln!(
+        out,
+        "  {:<46} {:>10} {:>12} {:>12}",
+        "Description", "Qty", "Unit price", "Amount"
+    );
     let lines = inv["lines"].as_array().cloned().unwrap_or_default();
     let mut deployment: Option<&str> = Some("\u{0}");
     let mut tax = Vec::new();
@@ -57,11 +61,26 @@ pub fn invoice(inv: &Value) -> String {
             cents(&line["amount_cents"])
         );
     }
-    let _ = writeln!(out, "  {:>71} {:>12}", "Subtotal", cents(&inv["subtotal_cents"]));
+    let _ = writeln!(
+        out,
+        "  {:>71} {:>12}",
+        "Subtotal",
+        cents(&inv["subtotal_cents"])
+    );
     for t in tax {
-        let _ = writeln!(out, "  {:>71} {:>12}", s(&t["description"]), cents(&t["amount_cents"]));
+        let _ = writeln!(
+            out,
+            "  {:>71} {:>12}",
+            s(&t["description"]),
+            cents(&t["amount_cents"])
+        );
     }
-    let _ = writeln!(out, "  {:>71} {:>12}", format!("Total {currency}"), cents(&inv["total_cents"]));
+    let _ = writeln!(
+        out,
+        "  {:>71} {:>12}",
+        format!("Total {currency}"),
+        cents(&inv["total_cents"])
+    );
     out
 }
 

@@ -96,7 +96,12 @@ impl RollupConsumer {
 
     async fn handle(&self, msg: Message) {
         let (seq, attempt) = delivered(&msg);
-        let span = tracing::info_span!("rollup_request", stream_seq = seq, attempt, request_id = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "rollup_request",
+            stream_seq = seq,
+            attempt,
+            request_id = tracing::field::Empty
+        );
         async {
             let parsed = wire::parse::<RollupRequestDto>(&msg.payload).and_then(RollupRequest::try_from);
             let req = match parsed {
@@ -263,7 +268,12 @@ impl UsageConsumer {
         let result = store::usage::record(&self.pool, &records).await;
         match &result {
             Ok(ingested) => {
-                tracing::info!(records = records.len(), inserted = ingested.inserted, late = ingested.late, "usage stored");
+                tracing::info!(
+                    records = records.len(),
+                    inserted = ingested.inserted,
+                    late = ingested.late,
+                    "usage stored"
+                );
                 if ingested.late > 0 {
                     self.relay.notify_one();
                 }

@@ -66,9 +66,10 @@ impl Relay {
             }
         }
         let mut done = Vec::with_capacity(acks.len());
-        let results = futures::future::join_all(acks.into_iter().map(|(id, ack)| async move {
-            (id, ack.await)
-        }))
+        let results = futures::future::join_all(
+            acks.into_iter()
+                .map(|(id, ack)| async move { (id, ack.await) }),
+        )
         .await;
         for (id, result) in results {
             match result {
@@ -86,7 +87,11 @@ impl Relay {
             outbox::release(&self.pool, &failed).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        tracing::debug!(published = done.len(), failed = failed.len(), "outbox relayed");
+        tracing::debug!(
+            published = done.len(),
+            failed = failed.len(),
+            "outbox relayed"
+        );
         Ok(done.len())
     }
 }

@@ -130,7 +130,11 @@ impl Service {
                 _ = self.shutdown.cancelled() => None,
             };
             let Some((ep, request)) = next else { break };
-            let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore open");
             let this = self.clone();
             tokio::spawn(async move {
                 this.answer(ep, request).await;
@@ -174,16 +178,23 @@ pub fn reply(result: Result<serde_json::Value, Error>) -> (bytes::Bytes, async_n
         Ok(v) => v,
         Err(e) => {
             match &e {
-                Error::Internal(_) | Error::Transient(_) => tracing::error!(error = %e, "request failed"),
+                Error::Internal(_) | Error::Transient(_) => {
+                    tracing::error!(error = %e, "request failed")
+                }
                 _ => tracing::debug!(error = %e, "request refused"),
             }
             let message = match &e {
                 // Don't leak internals to callers; the log has them.
-                Error::Internal(_) | Error::Transient(_) => "internal error; see the worker's log".to_string(),
+                Error::Internal(_) | Error::Transient(_) => {
+                    "internal error; see the worker's log".to_string()
+                }
                 other => other.to_string(),
             };
             headers.insert(service::NATS_SERVICE_ERROR, message.as_str());
-            headers.insert(service::NATS_SERVICE_ERROR_CODE, e.status().to_string().as_str());
+            headers.insert(
+                service::NATS_SERVICE_ERROR_CODE,
+                e.status().to_string().as_str(),
+            );
             serde_json::json!({"error": {"code": e.code(), "message": message}})
         }
     };

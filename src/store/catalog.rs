@@ -62,7 +62,8 @@ pub async fn lock_tenants(db: impl PgExecutor<'_>, ids: &[String]) -> Result<Vec
 }
 
 pub async fn put_plan(pool: &PgPool, p: &Plan) -> Result<()> {
-    let overage: BTreeMap<&String, OverageDto> = p.overage.iter().map(|(k, v)| (k, v.into())).collect();
+    let overage: BTreeMap<&String, OverageDto> =
+        p.overage.iter().map(|(k, v)| (k, v.into())).collect();
     let included: BTreeMap<&String, String> =
         p.included.iter().map(|(k, v)| (k, v.to_string())).collect();
     sqlx::query(
@@ -111,10 +112,11 @@ pub async fn put_subscription(pool: &PgPool, s: &Subscription) -> Result<()> {
         .bind(s.deployment_id)
         .execute(&mut *tx)
         .await?;
-    let plan_exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plans WHERE code = $1)")
-        .bind(&s.plan)
-        .fetch_one(&mut *tx)
-        .await?;
+    let plan_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM plans WHERE code = $1)")
+            .bind(&s.plan)
+            .fetch_one(&mut *tx)
+            .await?;
     if !plan_exists {
         return Err(Error::bad(format!("unknown plan {:?}", s.plan)));
     }
@@ -190,7 +192,12 @@ fn plan_from_row(row: &sqlx::postgres::PgRow) -> Result<Plan> {
     let overage = overage
         .0
         .into_iter()
-        .map(|(k, v)| Ok((k, OveragePrice::try_from(v).map_err(|e| corrupt(e.to_string()))?)))
+        .map(|(k, v)| {
+            Ok((
+                k,
+                OveragePrice::try_from(v).map_err(|e| corrupt(e.to_string()))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     Ok(Plan {
         code: row.try_get("code")?,

@@ -7,7 +7,8 @@ use sqlx::{PgConnection, Row};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-pub(crate) const INVOICE_COLUMNS: &str = "id, number, tenant_id, period_start, period_end, currency, status,
+pub(crate) const INVOICE_COLUMNS: &str =
+    "id, number, tenant_id, period_start, period_end, currency, status,
     subtotal_cents, tax_cents, total_cents, issued_at, paid_at, voided_at, void_reason,
     supersedes, superseded_by";
 
@@ -46,19 +47,21 @@ pub async fn lines_for(db: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uu
     let mut out: HashMap<Uuid, Vec<Line>> = HashMap::new();
     for row in rows {
         let kind: &str = row.try_get("kind")?;
-        out.entry(row.try_get("invoice_id")?).or_default().push(Line {
-            id: row.try_get("id")?,
-            line: QuoteLine {
-                kind: LineKind::parse(kind)
-                    .ok_or_else(|| Error::Internal(format!("unknown line kind {kind}")))?,
-                deployment_id: row.try_get("deployment_id")?,
-                resource_kind: row.try_get("resource_kind")?,
-                description: row.try_get("description")?,
-                quantity: row.try_get("quantity")?,
-                unit_price: row.try_get("unit_price")?,
-                amount_cents: row.try_get("amount_cents")?,
-            },
-        });
+        out.entry(row.try_get("invoice_id")?)
+            .or_default()
+            .push(Line {
+                id: row.try_get("id")?,
+                line: QuoteLine {
+                    kind: LineKind::parse(kind)
+                        .ok_or_else(|| Error::Internal(format!("unknown line kind {kind}")))?,
+                    deployment_id: row.try_get("deployment_id")?,
+                    resource_kind: row.try_get("resource_kind")?,
+                    description: row.try_get("description")?,
+                    quantity: row.try_get("quantity")?,
+                    unit_price: row.try_get("unit_price")?,
+                    amount_cents: row.try_get("amount_cents")?,
+                },
+            });
     }
     Ok(out)
 }
@@ -73,8 +76,15 @@ pub async fn get_many(
     let sql = format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = ANY($1) AND ($2::text IS NULL OR tenant_id = $2)"
     );
-    let rows = sqlx::query(&sql).bind(ids).bind(tenant).fetch_all(&mut *db).await?;
-    let mut invoices = rows.iter().map(invoice_from_row).collect::<Result<Vec<_>>>()?;
+    let rows = sqlx::query(&sql)
+        .bind(ids)
+        .bind(tenant)
+        .fetch_all(&mut *db)
+        .await?;
+    let mut invoices = rows
+        .iter()
+        .map(invoice_from_row)
+        .collect::<Result<Vec<_>>>()?;
     let mut lines = lines_for(db, ids).await?;
     for inv in &mut invoices {
         inv.lines = Some(lines.remove(&inv.id).unwrap_or_default());

@@ -55,11 +55,8 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
 
 /// Applies pending migrations (idempotent; concurrent callers serialise on sqlx's lock).
 pub async fn migrate(pool: &PgPool) -> Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
-            other => Error::Internal(format!("migration failed: {other}")),
-        })
+    MIGRATOR.run(pool).await.map_err(|e| match e {
+        sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
+        other => Error::Internal(format!("migration failed: {other}")),
+    })
 }

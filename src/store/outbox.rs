@@ -95,18 +95,22 @@ pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<()> {
 
 /// Gives claimed rows back after a failed publish, so the next round retries them at once.
 pub async fn release(pool: &PgPool, ids: &[i64]) -> Result<()> {
-    sqlx::query("UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1) AND published_at IS NULL")
-        .bind(ids)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Events not yet published (for health checks and tests).
 pub async fn backlog(pool: &PgPool) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// The payload of the event with this msg id, if it was ever written.

@@ -35,7 +35,9 @@ fn run_from_row(row: &sqlx::postgres::PgRow) -> Result<RunState> {
     let failed: sqlx::types::Json<Vec<TenantFailure>> = row.try_get("tenants_failed")?;
     Ok(RunState {
         cursor: row.try_get("cursor_tenant")?,
-        completed: row.try_get::<Option<DateTime<Utc>>, _>("completed_at")?.is_some(),
+        completed: row
+            .try_get::<Option<DateTime<Utc>>, _>("completed_at")?
+            .is_some(),
         issued: row.try_get("invoices_issued")?,
         drafted: row.try_get("invoices_drafted")?,
         skipped: row.try_get("invoices_skipped")?,
@@ -110,7 +112,11 @@ pub async fn advance_run(
     Ok(())
 }
 
-pub async fn complete_run(db: &mut PgConnection, key: &str, failed: &[TenantFailure]) -> Result<()> {
+pub async fn complete_run(
+    db: &mut PgConnection,
+    key: &str,
+    failed: &[TenantFailure],
+) -> Result<()> {
     sqlx::query(
         "UPDATE rollup_runs SET completed_at = now(), tenants_failed = tenants_failed || $2
          WHERE request_id = $1",
@@ -366,7 +372,12 @@ pub async fn write_invoices(
         .bind(&ids)
         .bind(numbers)
         .bind(drafts.iter().map(|i| i.status.as_str()).collect::<Vec<_>>())
-        .bind(drafts.iter().map(|i| i.currency.as_str()).collect::<Vec<_>>())
+        .bind(
+            drafts
+                .iter()
+                .map(|i| i.currency.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(drafts.iter().map(|i| i.subtotal_cents).collect::<Vec<_>>())
         .bind(drafts.iter().map(|i| i.tax_cents).collect::<Vec<_>>())
         .bind(drafts.iter().map(|i| i.total_cents).collect::<Vec<_>>())
