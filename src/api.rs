@@ -11,7 +11,7 @@ use crate::quote::{self, MeteredSubscription};
 use crate::rollup::invoice_event;
 use crate::store::{self, invoices::ListFilter};
 use crate::wire::{self, AddonDto, PlanDto, SubscriptionDto, TenantDto, TenantPut, TenantPutDto};
-use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -75,6 +75,7 @@ pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) 
             let start = req
                 .period_start
                 .ok_or_else(|| Error::bad("period_start is required"))?;
+            let start = check_date("period_start", start)?;
             let mut conn = ctx.pool.acquire().await?;
             store::invoices::revenue_summary(&mut conn, start).await
         }
@@ -86,6 +87,18 @@ pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) 
             preview(ctx.pool, tenant, req.period_start, Utc::now()).await
         }
         Endpoint::Quote => quote_request(ctx.pool, wire::parse(payload)?, Utc::now()).await,
+    }
+}
+
+/// Dates on the wire are RFC 3339 full-dates. chrono also reads years such as `-5000` that
+/// PostgreSQL cannot store, which would surface as an internal error; they are the caller's.
+fn check_date(field: &str, d: NaiveDate) -> Result<NaiveDate> {
+    if (1..=9999).contains(&d.year()) {
+        Ok(d)
+    } else {
+        Err(Error::bad(format!(
+            "{field} {d} is out of range (years 0001-9999)"
+        )))
     }
 }
 
@@ -129,10 +142,9 @@ fn encode_cursor(inv: &Invoice) -> String {
 fn decode_cursor(c: &str) -> Result<(NaiveDate, Uuid)> {
     let bad = || Error::bad("cursor is not one this service returned");
     let (d, id) = c.split_once('~').ok_or_else(bad)?;
-    Ok((
-        d.parse().map_err(|_| bad())?,
-        id.parse().map_err(|_| bad())?,
-    ))
+    let d = d.parse().map_err(|_| bad())?;
+    check_date("cursor", d).map_err(|_| bad())?;
+    Ok((d, id.parse().map_err(|_| bad())?))
 }
 
 async fn list(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
@@ -159,7 +171,10 @@ async fn list(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
     let filter = ListFilter {
         tenant,
         status,
-        period_start: req.period_start,
+        period_start: req
+            .period_start
+            .map(|d| check_date("period_start", d))
+            .transpose()?,
         after: req.cursor.as_deref().map(decode_cursor).transpose()?,
         limit,
     };
@@ -182,6 +197,9 @@ struct TransitionRequest {
 /// transition is a `conflict`. The change and its event commit together.
 async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> {
     let req: TransitionRequest = wire::parse(payload)?;
+    if let Some(at) = req.paid_at {
+        check_date("paid_at", at.date_naive())?;
+    }
     let now = Utc::now().trunc_subsecs(0);
     let mut tx = ctx.pool.begin().await?;
     let mut inv = store::invoices::lock(&mut tx, req.id).await?;
@@ -208,8 +226,9 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
         Status::Paid => inv.paid_at = Some(req.paid_at.unwrap_or(now)),
         Status::Void => {
             let reason = req.reason.unwrap_or_else(|| "voided by admin".into());
-            if reason.trim().is_empty() || reason.len() > 500 {
-                return Err(Error::bad("reason must be 1-500 characters"));
+            // PostgreSQL text cannot hold NUL.
+            if reason.trim().is_empty() || reason.len() > 500 || reason.contains('\0') {
+                return Err(Error::bad("reason must be 1-500 characters, without NUL"));
             }
             inv.voided_at = Some(now);
             inv.void_reason = Some(reason);
@@ -236,7 +255,7 @@ pub async fn preview(
     now: DateTime<Utc>,
 ) -> Result<Value> {
     let period = match period_start {
-        Some(s) => Period::monthly(s).map_err(Error::bad)?,
+        Some(s) => Period::monthly(check_date("period_start", s)?).map_err(Error::bad)?,
         None => Period::month_before(now + chrono::Months::new(1)),
     };
     let mut tx = pool.begin().await?;
@@ -291,9 +310,15 @@ pub struct QuoteRequest {
 /// A provisioning-time quote: the same engine as the rollup, on projected usage.
 pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>) -> Result<Value> {
     let period = match req.period_start {
-        Some(s) => Period::monthly(s).map_err(Error::bad)?,
+        Some(s) => Period::monthly(check_date("period_start", s)?).map_err(Error::bad)?,
         None => Period::month_before(now + chrono::Months::new(1)),
     };
+    // Codes go into a query below: one that cannot be a code (say, with a NUL, which
+    // PostgreSQL refuses in text) is the caller's mistake, not an internal error.
+    crate::catalog::check_token("plan", &req.plan)?;
+    for code in &req.addons {
+        crate::catalog::check_token("addons", code)?;
+    }
     for (kind, qty) in &req.usage {
         crate::catalog::check_token("usage", kind)?;
         if qty.0.is_sign_negative() && !qty.0.is_zero() {

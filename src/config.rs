@@ -22,10 +22,15 @@ pub struct NatsArgs {
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
     pub nats_url: String,
     /// NATS user (with --nats-password).
-    #[arg(long, env = "NATS_USER")]
+    #[arg(long, env = "NATS_USER", requires = "nats_password")]
     pub nats_user: Option<String>,
     /// NATS password.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
     pub nats_password: Option<String>,
     /// NATS credentials file (JWT + nkey seed).
     #[arg(long, env = "NATS_CREDS")]

@@ -57,6 +57,11 @@ pub async fn run(db: &DbArgs, nats: &NatsArgs) -> anyhow::Result<()> {
     let worker = if worker_running(&client).await {
         println!("Using the running invoicer worker.");
         None
+    } else if nats.nats_user.is_some() || nats.nats_creds.is_some() {
+        // Under nats.conf only the worker user may consume the streams and serve requests.
+        bail!(
+            "no invoicer worker answered $SRV.PING: start `invoicer run` as the worker user first"
+        );
     } else {
         println!("No invoicer worker answered $SRV.PING; starting one in this process.");
         let stop = CancellationToken::new();

@@ -164,12 +164,15 @@ async fn rollup(
         "period_start": period.start, "period_end": period.end, "force": force, "draft": draft,
         "tenant_ids": (!tenants.is_empty()).then_some(tenants), "request_id": request_id,
     });
+    if !wait {
+        request_rollup(&js, &request, &request_id).await?;
+        println!("requested rollup {request_id} for {period}");
+        return Ok(());
+    }
+    // Subscribe before publishing so the completed event cannot be missed.
     let mut events = client.subscribe("billing.rollup.>").await?;
     request_rollup(&js, &request, &request_id).await?;
     println!("requested rollup {request_id} for {period}");
-    if !wait {
-        return Ok(());
-    }
     while let Some(msg) = events.next().await {
         let event: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
         let ours = event["request_id"] == request_id.as_str()

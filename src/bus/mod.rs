@@ -28,7 +28,13 @@ pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(|event| async move {
-            tracing::info!(%event, "nats connection event");
+            match event {
+                // A permissions violation otherwise looks like a timeout to the caller.
+                async_nats::Event::ServerError(_) | async_nats::Event::ClientError(_) => {
+                    tracing::warn!(%event, "nats error")
+                }
+                _ => tracing::info!(%event, "nats connection event"),
+            }
         });
     if let Some(path) = &args.nats_creds {
         opts = opts

@@ -273,3 +273,72 @@ pub async fn completed(js: &async_nats::jetstream::Context, request_id: &str) ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl NatsServer {
+    /// As [`NatsServer::start_with`], keeping the server's log (errors, warnings and notices,
+    /// including every `Publish Violation` / `Subscription Violation`) for
+    /// [`NatsServer::log`].
+    pub fn start_logged(config: &Path) -> NatsServer {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(config)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .arg("-l")
+            .arg(store.path().join("nats-server.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (see README)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            child,
+            _store: store,
+        }
+    }
+
+    /// The server's log so far (empty unless started with [`NatsServer::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._store.path().join("nats-server.log")).unwrap_or_default()
+    }
+}
+
+impl Worker {
+    /// As [`Worker::start_with`], but readiness (`$SRV.PING.invoicer`) is probed through `probe`
+    /// rather than a connection with the worker's own credentials: under `nats.conf` the worker
+    /// user may not publish to `$SRV.>` (it only answers discovery, it never asks).
+    pub async fn start_probed(
+        db: DbArgs,
+        nats: NatsArgs,
+        args: WorkerArgs,
+        probe: &async_nats::Client,
+    ) -> Worker {
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle =
+            tokio::spawn(async move { invoicer::worker::run(&db, &nats, &args, token).await });
+        wait_until("the worker's service answers", || async {
+            handle.is_finished() || invoicer::client::worker_running(probe).await
+        })
+        .await;
+        if handle.is_finished() {
+            // Failing fast with the worker's own error (e.g. a refused JetStream API call).
+            panic!("the worker stopped while starting: {:?}", handle.await);
+        }
+        Worker {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
