@@ -109,7 +109,7 @@ impl TaxPolicy {
             )));
         }
         let label = label.trim().to_string();
-        if label.is_empty() || label.len() > 32 {
+        if label.is_empty() || label.len() > 32 || label.chars().any(char::is_control) {
             return Err(CatalogError::Invalid(
                 "tax_label must be 1-32 characters".into(),
             ));
@@ -269,7 +269,9 @@ impl Subscription {
                 return Err(CatalogError::Invalid(format!("addon {code} listed twice")));
             }
         }
+        check_instant("started_at", self.started_at)?;
         if let Some(end) = self.ended_at {
+            check_instant("ended_at", end)?;
             if end <= self.started_at {
                 return Err(CatalogError::Invalid(
                     "ended_at must be after started_at".into(),
@@ -287,8 +289,20 @@ pub struct Catalog {
     pub addons: std::collections::HashMap<String, Addon>,
 }
 
+/// Instants PostgreSQL and RFC 3339 both represent: years 0001-9999.
+pub fn check_instant(field: &str, at: DateTime<Utc>) -> Result<(), CatalogError> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&at.year()) {
+        Ok(())
+    } else {
+        Err(CatalogError::Invalid(format!(
+            "{field} must be in years 0001-9999"
+        )))
+    }
+}
+
 fn check_name(name: &str) -> Result<(), CatalogError> {
-    if name.trim().is_empty() || name.len() > 200 {
+    if name.trim().is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(CatalogError::Invalid(
             "name must be 1-200 characters".into(),
         ));

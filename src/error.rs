@@ -64,6 +64,8 @@ impl From<sqlx::Error> for Error {
                     Error::Transient(e.to_string())
                 }
                 Some(c) if c.starts_with("08") => Error::Transient(e.to_string()),
+                // Data exceptions: input the database cannot store (NUL in text, out-of-range values).
+                Some(c) if c.starts_with("22") => Error::BadRequest(db.message().to_string()),
                 _ => Error::Internal(e.to_string()),
             },
             E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => {

@@ -13,8 +13,9 @@ use uuid::Uuid;
 
 /// Parses a JSON payload into a DTO, mapping every failure to `bad_request`.
 pub fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
-    if payload.iter().all(u8::is_ascii_whitespace) {
-        return Err(Error::bad("empty payload: expected a JSON object"));
+    // Requests are JSON objects; serde would otherwise accept an array in field order.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::bad("invalid payload: expected a JSON object"));
     }
     // The path names the offending field: "period_start: input is out of range".
     let mut de = serde_json::Deserializer::from_slice(payload);
@@ -418,6 +419,7 @@ impl TryFrom<UsageRecordDto> for UsageRecord {
         if u.quantity.0.is_sign_negative() && !u.quantity.0.is_zero() {
             return Err(Error::bad("quantity must not be negative"));
         }
+        check_instant("occurred_at", u.occurred_at)?;
         Ok(UsageRecord {
             event_id: u.event_id,
             deployment_id: u.deployment_id,
