@@ -68,6 +68,23 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Price a plan, add-ons and projected usage with the quote engine (billing.quote).
+    Quote {
+        /// Plan code.
+        #[arg(long)]
+        plan: String,
+        /// Add-on code (repeatable).
+        #[arg(long = "addon")]
+        addons: Vec<String>,
+        /// Projected usage as KIND=QUANTITY, e.g. droplet_hours=2160 (repeatable).
+        #[arg(long = "usage")]
+        usage: Vec<String>,
+        /// Month to price, YYYY-MM (default: this month).
+        #[arg(long)]
+        period: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// The seed scenario end to end on the local services, printing the invoice.
     Demo {
         #[command(flatten)]
@@ -135,6 +152,13 @@ async fn main() -> anyhow::Result<()> {
         } => rollup(&nats, &period, force, tenants, draft, wait).await,
         Command::Invoices { command, nats } => invoices(&nats, command).await,
         Command::Demo { db, nats } => invoicer::demo::run(&db, &nats).await,
+        Command::Quote {
+            plan,
+            addons,
+            usage,
+            period,
+            nats,
+        } => quote(&nats, plan, addons, usage, period).await,
     }
 }
 
@@ -249,5 +273,39 @@ async fn invoices(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<(
             .await?,
         ),
     }
+    Ok(())
+}
+
+async fn quote(
+    nats: &NatsArgs,
+    plan: String,
+    addons: Vec<String>,
+    usage: Vec<String>,
+    period: Option<String>,
+) -> anyhow::Result<()> {
+    let mut projected = serde_json::Map::new();
+    for u in &usage {
+        let (kind, qty) = u
+            .split_once('=')
+            .with_context(|| format!("--usage {u:?} must be KIND=QUANTITY"))?;
+        projected.insert(kind.to_string(), Value::String(qty.to_string()));
+    }
+    let period_start = period
+        .as_deref()
+        .map(Period::parse_month)
+        .transpose()?
+        .map(|p| p.start);
+    let client = invoicer::bus::connect(nats, "invoicer-cli").await?;
+    let q = call(
+        &client,
+        "billing.quote",
+        &json!({"plan": plan, "addons": addons, "usage": projected, "period_start": period_start}),
+    )
+    .await?;
+    let mut shown = q.clone();
+    shown["tenant_id"] = json!("(quote)");
+    shown["status"] = json!("quote");
+    shown["currency"] = json!("");
+    println!("{}", invoicer::render::invoice(&shown));
     Ok(())
 }
