@@ -116,6 +116,11 @@ pub fn format_number(n: i64) -> String {
     format!("INV-{n:06}")
 }
 
+/// The sequence number inside `INV-000123`.
+pub fn parse_number(number: &str) -> Option<i64> {
+    number.strip_prefix("INV-")?.parse().ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Invoice {
     pub id: Uuid,
@@ -171,5 +176,7 @@ mod tests {
     fn numbers_are_zero_padded() {
         assert_eq!(format_number(123), "INV-000123");
         assert_eq!(format_number(1_234_567), "INV-1234567");
+        assert_eq!(parse_number(&format_number(123)), Some(123));
+        assert_eq!(parse_number("123"), None);
     }
 }

@@ -175,12 +175,7 @@ pub async fn lock(db: &mut PgConnection, id: Uuid) -> Result<Invoice> {
 
 /// Writes a status change decided by the caller (`crate::api`), which checked the transition.
 pub async fn set_status(db: &mut PgConnection, inv: &Invoice) -> Result<()> {
-    let number = inv
-        .number
-        .as_deref()
-        .map(|n| n.trim_start_matches("INV-").parse::<i64>())
-        .transpose()
-        .map_err(|_| Error::Internal("bad invoice number".into()))?;
+    let number = super::rollup::number_of(inv)?;
     sqlx::query(
         "UPDATE invoices SET status = $2, number = $3, issued_at = $4, paid_at = $5,
            voided_at = $6, void_reason = $7, updated_at = now() WHERE id = $1",

@@ -283,13 +283,13 @@ pub async fn allocate_numbers(db: &mut PgConnection, n: i64) -> Result<i64> {
     .await?)
 }
 
-fn number_of(inv: &Invoice) -> Result<Option<i64>> {
+/// The stored form of an invoice's number.
+pub(crate) fn number_of(inv: &Invoice) -> Result<Option<i64>> {
     inv.number
         .as_deref()
         .map(|n| {
-            n.trim_start_matches("INV-")
-                .parse::<i64>()
-                .map_err(|_| Error::Internal(format!("bad invoice number {n}")))
+            crate::invoice::parse_number(n)
+                .ok_or_else(|| Error::Internal(format!("bad invoice number {n}")))
         })
         .transpose()
 }

@@ -95,6 +95,8 @@ impl NatsServer {
         }
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path())
+            .arg("-l")
+            .arg(store.path().join("nats-server.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd
@@ -279,36 +281,10 @@ impl NatsServer {
     /// including every `Publish Violation` / `Subscription Violation`) for
     /// [`NatsServer::log`].
     pub fn start_logged(config: &Path) -> NatsServer {
-        let store = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(config)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .arg("-l")
-            .arg(store.path().join("nats-server.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (see README)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsServer {
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-            child,
-            _store: store,
-        }
+        Self::start_with(Some(config))
     }
 
-    /// The server's log so far (empty unless started with [`NatsServer::start_logged`]).
+    /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._store.path().join("nats-server.log")).unwrap_or_default()
     }
