@@ -1,7 +1,6 @@
 //! Request handlers, independent of the transport: a payload and the caller's scope in, a
 //! JSON value or a typed error out. `bus::service` puts them on NATS.
 
-use crate::bus::service::Endpoint;
 use crate::catalog::{Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId};
 use crate::error::{Error, Result};
 use crate::invoice::{format_number, Invoice, Status};
@@ -27,6 +26,83 @@ pub const DEFAULT_LIST_LIMIT: i64 = 50;
 pub enum Scope {
     Admin,
     Tenant(TenantId),
+}
+
+/// Every request-reply endpoint of CONTRACT.md section 6; `bus::service` puts each on NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    PlansPut,
+    AddonsPut,
+    SubscriptionsPut,
+    TenantsPut,
+    AdminList,
+    AdminGet,
+    AdminIssue,
+    AdminMarkPaid,
+    AdminVoid,
+    RevenueSummary,
+    TenantList,
+    TenantGet,
+    TenantPreview,
+    Quote,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 14] = [
+        Endpoint::PlansPut,
+        Endpoint::AddonsPut,
+        Endpoint::SubscriptionsPut,
+        Endpoint::TenantsPut,
+        Endpoint::AdminList,
+        Endpoint::AdminGet,
+        Endpoint::AdminIssue,
+        Endpoint::AdminMarkPaid,
+        Endpoint::AdminVoid,
+        Endpoint::RevenueSummary,
+        Endpoint::TenantList,
+        Endpoint::TenantGet,
+        Endpoint::TenantPreview,
+        Endpoint::Quote,
+    ];
+
+    pub fn subject(self) -> &'static str {
+        match self {
+            Endpoint::PlansPut => "billing.admin.plans.put",
+            Endpoint::AddonsPut => "billing.admin.addons.put",
+            Endpoint::SubscriptionsPut => "billing.admin.subscriptions.put",
+            Endpoint::TenantsPut => "billing.admin.tenants.put",
+            Endpoint::AdminList => "billing.admin.invoices.list",
+            Endpoint::AdminGet => "billing.admin.invoices.get",
+            Endpoint::AdminIssue => "billing.admin.invoices.issue",
+            Endpoint::AdminMarkPaid => "billing.admin.invoices.mark_paid",
+            Endpoint::AdminVoid => "billing.admin.invoices.void",
+            Endpoint::RevenueSummary => "billing.admin.revenue.summary",
+            Endpoint::TenantList => "billing.tenant.*.invoices.list",
+            Endpoint::TenantGet => "billing.tenant.*.invoices.get",
+            Endpoint::TenantPreview => "billing.tenant.*.invoices.preview",
+            Endpoint::Quote => "billing.quote",
+        }
+    }
+
+    /// Services API endpoint names may not contain dots or wildcards.
+    pub fn name(self) -> String {
+        self.subject()
+            .trim_start_matches("billing.")
+            .replace(".*", "")
+            .replace('.', "-")
+    }
+
+    /// The caller's scope, from the subject it was reached on.
+    pub fn scope(self, subject: &str) -> Result<Scope, Error> {
+        if !self.subject().starts_with("billing.tenant.") {
+            return Ok(Scope::Admin);
+        }
+        let tenant = subject
+            .split('.')
+            .nth(2)
+            .ok_or_else(|| Error::bad("subject has no tenant"))?;
+        Ok(Scope::Tenant(TenantId::parse(tenant)?))
+    }
 }
 
 pub struct Ctx<'a> {

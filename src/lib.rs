@@ -12,6 +12,7 @@
 pub mod api;
 pub mod bus;
 pub mod catalog;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;

@@ -12,7 +12,7 @@ use common::{
     Worker,
 };
 use futures::future::join_all;
-use invoicer::bus::service::Endpoint;
+use invoicer::api::Endpoint;
 use invoicer::client::{call_raw, ServiceError};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;

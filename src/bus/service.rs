@@ -2,7 +2,7 @@
 //! share load and `$SRV.PING/INFO/STATS` work). Every request gets a reply, a typed error if
 //! need be, and the caller's scope comes from the subject alone.
 
-use crate::api::{self, Scope};
+use crate::api::{self, Endpoint};
 use crate::error::Error;
 use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
@@ -13,83 +13,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub const SERVICE_NAME: &str = "invoicer";
-
-/// Every endpoint: (name, subject, handler).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    PlansPut,
-    AddonsPut,
-    SubscriptionsPut,
-    TenantsPut,
-    AdminList,
-    AdminGet,
-    AdminIssue,
-    AdminMarkPaid,
-    AdminVoid,
-    RevenueSummary,
-    TenantList,
-    TenantGet,
-    TenantPreview,
-    Quote,
-}
-
-impl Endpoint {
-    pub const ALL: [Endpoint; 14] = [
-        Endpoint::PlansPut,
-        Endpoint::AddonsPut,
-        Endpoint::SubscriptionsPut,
-        Endpoint::TenantsPut,
-        Endpoint::AdminList,
-        Endpoint::AdminGet,
-        Endpoint::AdminIssue,
-        Endpoint::AdminMarkPaid,
-        Endpoint::AdminVoid,
-        Endpoint::RevenueSummary,
-        Endpoint::TenantList,
-        Endpoint::TenantGet,
-        Endpoint::TenantPreview,
-        Endpoint::Quote,
-    ];
-
-    pub fn subject(self) -> &'static str {
-        match self {
-            Endpoint::PlansPut => "billing.admin.plans.put",
-            Endpoint::AddonsPut => "billing.admin.addons.put",
-            Endpoint::SubscriptionsPut => "billing.admin.subscriptions.put",
-            Endpoint::TenantsPut => "billing.admin.tenants.put",
-            Endpoint::AdminList => "billing.admin.invoices.list",
-            Endpoint::AdminGet => "billing.admin.invoices.get",
-            Endpoint::AdminIssue => "billing.admin.invoices.issue",
-            Endpoint::AdminMarkPaid => "billing.admin.invoices.mark_paid",
-            Endpoint::AdminVoid => "billing.admin.invoices.void",
-            Endpoint::RevenueSummary => "billing.admin.revenue.summary",
-            Endpoint::TenantList => "billing.tenant.*.invoices.list",
-            Endpoint::TenantGet => "billing.tenant.*.invoices.get",
-            Endpoint::TenantPreview => "billing.tenant.*.invoices.preview",
-            Endpoint::Quote => "billing.quote",
-        }
-    }
-
-    /// Services API endpoint names may not contain dots or wildcards.
-    pub fn name(self) -> String {
-        self.subject()
-            .trim_start_matches("billing.")
-            .replace(".*", "")
-            .replace('.', "-")
-    }
-
-    /// The caller's scope, from the subject it was reached on.
-    fn scope(self, subject: &str) -> Result<Scope, Error> {
-        if !self.subject().starts_with("billing.tenant.") {
-            return Ok(Scope::Admin);
-        }
-        let tenant = subject
-            .split('.')
-            .nth(2)
-            .ok_or_else(|| Error::bad("subject has no tenant"))?;
-        Ok(Scope::Tenant(crate::catalog::TenantId::parse(tenant)?))
-    }
-}
 
 #[derive(Clone)]
 pub struct Service {
