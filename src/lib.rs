@@ -9,6 +9,17 @@
 //! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
+//! | [`wire`] | JSON payloads of the contract, parsed into domain values at the edge |
+//! | [`error`] | the error classes, each with one reply code and one ack kind |
+//! | [`store`] | PostgreSQL: migrations and one module of queries per concern |
+//! | [`rollup`] | a rollup's lifecycle: tenants, batches, what one transaction holds |
+//! | [`api`] | the request-reply endpoints, independent of the transport |
+//! | [`bus`] | NATS: streams, consumers, the outbox relay, the micro service |
+//! | [`worker`] | `invoicer run`: the parts above, supervised |
+//! | [`client`], [`render`], [`demo`], [`cli`] | the command line and what it prints |
+//! | [`config`], [`telemetry`] | settings and logging |
+//!
+//! Arrows point one way: `cli` → `worker` → `bus` → `api`/`rollup` → `store` → the pure core.
 pub mod api;
 pub mod bus;
 pub mod catalog;

@@ -1,7 +1,9 @@
 //! `invoicer run`: migrations, streams, the two consumers, the outbox relay and the service,
 //! all stopped by one cancellation token (SIGINT/SIGTERM in the binary).
 
-use crate::bus::{self, consumers, relay::Relay, service::Service};
+use crate::bus::{
+    self, relay::Relay, rollups::RollupConsumer, service::Service, usage::UsageConsumer,
+};
 use crate::config::{DbArgs, NatsArgs, WorkerArgs};
 use crate::store;
 use anyhow::Context;
@@ -41,7 +43,7 @@ pub async fn run(
     let relay_stop = CancellationToken::new();
 
     let rollups = tokio::spawn(
-        consumers::RollupConsumer {
+        RollupConsumer {
             pool: pool.clone(),
             client: client.clone(),
             consumer: rollup_consumer,
@@ -52,7 +54,7 @@ pub async fn run(
         .run(),
     );
     let usage = tokio::spawn(
-        consumers::UsageConsumer {
+        UsageConsumer {
             pool: pool.clone(),
             consumer: usage_consumer,
             relay: notify.clone(),

@@ -1,9 +1,11 @@
 //! NATS adapter: connection, streams and consumers, the outbox relay, and the request-reply
 //! service. Messages become domain values here and results become acks and replies.
 
-pub mod consumers;
+pub mod ack;
 pub mod relay;
+pub mod rollups;
 pub mod service;
+pub mod usage;
 
 use crate::config::NatsArgs;
 use anyhow::Context;

@@ -1,9 +1,6 @@
-//! The JetStream consumers: rollup requests and metered usage.
-//!
-//! Each error class maps to one ack kind, in [`ack_for`]: malformed input is terminated (and a
-//! rollup request answered with `billing.rollup.rejected`), transient failures are nak'd with a
-//! growing delay, and everything is acked only after its transaction commits.
+//! The rollup-request consumer: one request at a time, acked after its rollup completes.
 
+use super::ack::{ack_for, backoff, delivered, settle};
 use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED};
 use crate::error::Error;
 use crate::rollup::{Outcome, Rollup};
@@ -19,43 +16,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// After this many deliveries an internal (non-transient) error is treated as permanent.
-const MAX_INTERNAL_ATTEMPTS: i64 = 5;
 /// How much of a rejected request is echoed back.
 const REJECT_ECHO_BYTES: usize = 4096;
-
-/// Nak delay: 1s, 2s, 4s ... capped at one minute.
-pub fn backoff(delivered: i64) -> Duration {
-    let exp = delivered.clamp(1, 7) as u32 - 1;
-    Duration::from_secs((1u64 << exp).min(60))
-}
-
-/// The one place an outcome becomes an ack kind.
-pub fn ack_for(result: Result<(), &Error>, delivered: i64) -> AckKind {
-    match result {
-        Ok(()) => AckKind::Ack,
-        Err(Error::BadRequest(_)) => AckKind::Term,
-        Err(Error::Internal(_)) if delivered >= MAX_INTERNAL_ATTEMPTS => AckKind::Term,
-        Err(_) => AckKind::Nak(Some(backoff(delivered))),
-    }
-}
-
-fn delivered(msg: &Message) -> (u64, i64) {
-    msg.info()
-        .map(|i| (i.stream_sequence, i.delivered))
-        .unwrap_or((0, 1))
-}
-
-async fn settle(msg: &Message, kind: AckKind) {
-    let result = match kind {
-        // Wait for the server to confirm, so a lost ack cannot cause a silent redelivery storm.
-        AckKind::Ack => msg.double_ack().await,
-        other => msg.ack_with(other).await,
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-    }
-}
 
 pub struct RollupConsumer {
     pub pool: PgPool,
@@ -212,98 +174,9 @@ fn echo(payload: &[u8]) -> serde_json::Value {
     serde_json::Value::String(text.into_owned())
 }
 
-pub struct UsageConsumer {
-    pub pool: PgPool,
-    pub consumer: PullConsumer,
-    pub relay: Arc<Notify>,
-    pub shutdown: CancellationToken,
-}
-
-impl UsageConsumer {
-    pub async fn run(self) {
-        while !self.shutdown.is_cancelled() {
-            let batch = self
-                .consumer
-                .batch()
-                .max_messages(1000)
-                .expires(Duration::from_millis(500))
-                .messages();
-            let mut stream = tokio::select! {
-                m = batch => match m {
-                    Ok(m) => m,
-                    Err(e) => { tracing::warn!(error = %e, "usage fetch failed"); tokio::time::sleep(Duration::from_secs(1)).await; continue }
-                },
-                _ = self.shutdown.cancelled() => break,
-            };
-            let mut messages = Vec::new();
-            while let Some(m) = stream.next().await {
-                match m {
-                    Ok(m) => messages.push(m),
-                    Err(e) => tracing::warn!(error = %e, "usage message error"),
-                }
-            }
-            if !messages.is_empty() {
-                self.handle(messages).await;
-            }
-        }
-        tracing::info!("usage consumer stopped");
-    }
-
-    #[tracing::instrument(skip_all, fields(messages = messages.len()))]
-    async fn handle(&self, messages: Vec<Message>) {
-        let mut good = Vec::new();
-        let mut records = Vec::new();
-        for msg in messages {
-            match wire::parse_usage(&msg.payload) {
-                Ok(r) => {
-                    records.extend(r);
-                    good.push(msg);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, stream_seq = delivered(&msg).0, "malformed usage terminated");
-                    settle(&msg, AckKind::Term).await;
-                }
-            }
-        }
-        let result = store::usage::record(&self.pool, &records).await;
-        match &result {
-            Ok(ingested) => {
-                tracing::info!(
-                    records = records.len(),
-                    inserted = ingested.inserted,
-                    late = ingested.late,
-                    "usage stored"
-                );
-                if ingested.late > 0 {
-                    self.relay.notify_one();
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "usage batch failed"),
-        }
-        for msg in &good {
-            let kind = ack_for(result.as_ref().map(|_| ()), delivered(msg).1);
-            settle(msg, kind).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn each_error_class_has_one_ack_kind() {
-        assert!(matches!(ack_for(Ok(()), 1), AckKind::Ack));
-        assert!(matches!(ack_for(Err(&Error::bad("x")), 1), AckKind::Term));
-        let transient = Error::Transient("db".into());
-        assert!(matches!(ack_for(Err(&transient), 9), AckKind::Nak(Some(_))));
-        let internal = Error::Internal("x".into());
-        assert!(matches!(ack_for(Err(&internal), 1), AckKind::Nak(Some(_))));
-        assert!(matches!(ack_for(Err(&internal), 5), AckKind::Term));
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(3), Duration::from_secs(4));
-        assert_eq!(backoff(50), Duration::from_secs(60));
-    }
 
     #[test]
     fn rejected_requests_are_echoed_truncated() {

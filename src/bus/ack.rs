@@ -1,0 +1,64 @@
+//! The one place an outcome becomes a JetStream ack kind, and the helpers that settle a message.
+//!
+//! Malformed input is terminated (and a rollup request answered with `billing.rollup.rejected`),
+//! transient failures are nak'd with a growing delay, and everything is acked only after its
+//! transaction commits.
+
+use crate::error::Error;
+use async_nats::jetstream::{message::Message, AckKind};
+use std::time::Duration;
+
+/// After this many deliveries an internal (non-transient) error is treated as permanent.
+const MAX_INTERNAL_ATTEMPTS: i64 = 5;
+
+/// Nak delay: 1s, 2s, 4s ... capped at one minute.
+pub fn backoff(delivered: i64) -> Duration {
+    let exp = delivered.clamp(1, 7) as u32 - 1;
+    Duration::from_secs((1u64 << exp).min(60))
+}
+
+/// The one place an outcome becomes an ack kind.
+pub fn ack_for(result: Result<(), &Error>, delivered: i64) -> AckKind {
+    match result {
+        Ok(()) => AckKind::Ack,
+        Err(Error::BadRequest(_)) => AckKind::Term,
+        Err(Error::Internal(_)) if delivered >= MAX_INTERNAL_ATTEMPTS => AckKind::Term,
+        Err(_) => AckKind::Nak(Some(backoff(delivered))),
+    }
+}
+
+pub fn delivered(msg: &Message) -> (u64, i64) {
+    msg.info()
+        .map(|i| (i.stream_sequence, i.delivered))
+        .unwrap_or((0, 1))
+}
+
+pub async fn settle(msg: &Message, kind: AckKind) {
+    let result = match kind {
+        // Wait for the server to confirm, so a lost ack cannot cause a silent redelivery storm.
+        AckKind::Ack => msg.double_ack().await,
+        other => msg.ack_with(other).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_class_has_one_ack_kind() {
+        assert!(matches!(ack_for(Ok(()), 1), AckKind::Ack));
+        assert!(matches!(ack_for(Err(&Error::bad("x")), 1), AckKind::Term));
+        let transient = Error::Transient("db".into());
+        assert!(matches!(ack_for(Err(&transient), 9), AckKind::Nak(Some(_))));
+        let internal = Error::Internal("x".into());
+        assert!(matches!(ack_for(Err(&internal), 1), AckKind::Nak(Some(_))));
+        assert!(matches!(ack_for(Err(&internal), 5), AckKind::Term));
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(50), Duration::from_secs(60));
+    }
+}
