@@ -21,6 +21,7 @@
 //!
 //! Arrows point one way: `cli` → `worker` → `bus` → `api`/`rollup` → `store` → the pure core.
 pub mod api;
+pub mod bench;
 pub mod bus;
 pub mod catalog;
 pub mod cli;

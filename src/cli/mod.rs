@@ -5,7 +5,7 @@ mod invoices;
 mod quote;
 mod rollup;
 
-use crate::config::{DbArgs, NatsArgs, WorkerArgs};
+use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,8 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         nats: NatsArgs,
+        #[command(flatten)]
+        streams: StreamArgs,
     },
     /// Publish one billing.rollup.requested.
     Rollup {
@@ -85,6 +87,8 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Measure CONTRACT.md section 10 on a private database and nats-server; print a table.
+    Bench(crate::bench::BenchArgs),
     /// The seed scenario end to end on the local services, printing the invoice.
     Demo {
         #[command(flatten)]
@@ -135,8 +139,8 @@ impl Cli {
                 tokio::spawn(signal(shutdown.clone()));
                 crate::worker::run(&db, &nats, &worker, shutdown).await
             }
-            Command::Migrate { db, nats } => {
-                crate::worker::prepare(&db, &nats, "invoicer-migrate").await?;
+            Command::Migrate { db, nats, streams } => {
+                crate::worker::prepare(&db, &nats, &streams, "invoicer-migrate").await?;
                 println!("migrations applied; streams ensured");
                 Ok(())
             }
@@ -150,6 +154,7 @@ impl Cli {
             } => rollup::run(&nats, &period, force, tenants, draft, wait).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
+            Command::Bench(args) => crate::bench::run(&args).await,
             Command::Quote {
                 plan,
                 addons,
