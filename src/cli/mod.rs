@@ -1,6 +1,7 @@
 //! The command line: one module per command group. `main.rs` parses, sets up telemetry and
 //! calls [`Cli::run`].
 
+mod auth;
 mod invoices;
 mod quote;
 mod rollup;
@@ -85,6 +86,11 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// NATS operator mode (JWT): set up, issue per-user credentials, revoke a tenant.
+    Auth {
+        #[command(subcommand)]
+        command: auth::AuthCommand,
+    },
     /// The seed scenario end to end on the local services, printing the invoice.
     Demo {
         #[command(flatten)]
@@ -150,6 +156,7 @@ impl Cli {
             } => rollup::run(&nats, &period, force, tenants, draft, wait).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
+            Command::Auth { command } => auth::run(command).await,
             Command::Quote {
                 plan,
                 addons,
