@@ -19,8 +19,10 @@ pub enum AuthCommand {
     },
     /// Print a .creds file for one new user with exactly its role's permissions.
     Creds {
+        /// The auth directory made by `invoicer auth init`.
         #[arg(long)]
         dir: PathBuf,
+        /// The user's role: its permissions are the same as its nats.conf user's.
         #[arg(long, value_enum)]
         role: RoleName,
         /// The tenant id (with --role tenant): 1-64 characters of [A-Za-z0-9_-].
@@ -33,8 +35,10 @@ pub enum AuthCommand {
     /// Revoke every credential issued to a tenant and push the account to the running server,
     /// which closes and refuses them at once (no restart).
     Revoke {
+        /// The auth directory made by `invoicer auth init`.
         #[arg(long)]
         dir: PathBuf,
+        /// The tenant whose credentials (all issued so far from DIR) are revoked.
         #[arg(long)]
         tenant: String,
         /// The server to update (as the system account, with DIR/system-user.creds).
