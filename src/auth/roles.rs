@@ -40,9 +40,6 @@ pub struct Permissions {
 pub const TENANT_INBOX_PREFIX: &str = "_INBOX_tenant_";
 
 impl Role {
-    /// The role names a `--role` flag or a `nats.conf` user name may carry.
-    pub const NAMES: [&'static str; 5] = ["worker", "admin", "scheduler", "metering", "tenant"];
-
     /// The role of a non-tenant user called `name`, if it is one.
     pub fn fixed(name: &str) -> Option<Role> {
         match name {
