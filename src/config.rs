@@ -32,10 +32,12 @@ pub struct NatsArgs {
         requires = "nats_user"
     )]
     pub nats_password: Option<String>,
-    /// NATS credentials file (JWT + nkey seed).
-    #[arg(long, env = "NATS_CREDS")]
+    /// NATS credentials file (JWT + nkey seed), e.g. from `invoicer auth creds`.
+    #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
     pub nats_creds: Option<PathBuf>,
-    /// Inbox prefix for replies, e.g. `_INBOX_acme`; `nats.conf` lets each user read only its own.
+    /// Inbox prefix for replies. Default: the one the credentials may subscribe to
+    /// (`_INBOX_<role>`, `_INBOX_tenant_<tenant>`), or for NATS_USER `_INBOX_<user>` if it is a
+    /// role's name and `_INBOX_tenant_<user>` otherwise; `_INBOX` without credentials.
     #[arg(long, env = "NATS_INBOX_PREFIX")]
     pub nats_inbox_prefix: Option<String>,
 }

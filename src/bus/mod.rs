@@ -50,16 +50,25 @@ pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::
                 _ => tracing::info!(%event, "nats connection event"),
             }
         });
+    let mut default_inbox = None;
     if let Some(path) = &args.nats_creds {
-        opts = opts
-            .credentials_file(path)
+        let creds = tokio::fs::read_to_string(path)
             .await
             .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+        opts = opts
+            .credentials(&creds)
+            .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+        // A file whose JWT we cannot read keeps the library's `_INBOX`; the server decides.
+        default_inbox = crate::auth::claims::creds_subscribe_allow(&creds)
+            .ok()
+            .and_then(|allow| crate::auth::roles::inbox_prefix_allowed(&allow));
     }
     if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
         opts = opts.user_and_password(user.clone(), pass.clone());
+        default_inbox = crate::auth::roles::inbox_prefix_for_user(user);
     }
-    if let Some(prefix) = &args.nats_inbox_prefix {
+    // Restricted users may subscribe only to their own prefix (CONTRACT.md section 7).
+    if let Some(prefix) = args.nats_inbox_prefix.as_ref().or(default_inbox.as_ref()) {
         opts = opts.custom_inbox_prefix(prefix);
     }
     opts.connect(&args.nats_url)

@@ -1,6 +1,7 @@
 //! The command line: one module per command group. `main.rs` parses, sets up telemetry and
 //! calls [`Cli::run`].
 
+mod auth;
 mod invoices;
 mod quote;
 mod rollup;
@@ -89,6 +90,11 @@ enum Command {
     },
     /// Measure CONTRACT.md section 10 on a private database and nats-server; print a table.
     Bench(crate::bench::BenchArgs),
+    /// NATS operator mode (JWT): set up, issue per-user credentials, revoke a tenant.
+    Auth {
+        #[command(subcommand)]
+        command: auth::AuthCommand,
+    },
     /// The seed scenario end to end on the local services, printing the invoice.
     Demo {
         #[command(flatten)]
@@ -155,6 +161,7 @@ impl Cli {
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
             Command::Bench(args) => crate::bench::run(&args).await,
+            Command::Auth { command } => auth::run(command).await,
             Command::Quote {
                 plan,
                 addons,
