@@ -60,6 +60,9 @@ pub struct WorkerArgs {
     /// Request-reply requests handled at once (bounded below the pool size).
     #[arg(long, env = "SERVICE_CONCURRENCY", default_value_t = 8)]
     pub service_concurrency: usize,
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464 (off when unset).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for WorkerArgs {
@@ -67,6 +70,7 @@ impl Default for WorkerArgs {
         WorkerArgs {
             rollup_batch_size: crate::rollup::DEFAULT_BATCH_SIZE,
             service_concurrency: 8,
+            metrics_addr: None,
         }
     }
 }

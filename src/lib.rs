@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`money`] | exact decimals, integer cents, the one rounding helper |
 //! | [`period`] | half-open UTC billing periods and daily proration |
+//! | [`schedule`] | the month-end cron: which period each firing requests, what is due |
 //! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
@@ -16,6 +17,8 @@
 //! | [`api`] | the request-reply endpoints, independent of the transport |
 //! | [`bus`] | NATS: streams, consumers, the outbox relay, the micro service |
 //! | [`worker`] | `invoicer run`: the parts above, supervised |
+//! | [`scheduler`] | `invoicer scheduler`: fires [`schedule`] with its state in a key-value bucket |
+//! | [`metrics`] | counters, the worker's readiness, the Prometheus endpoint |
 //! | [`client`], [`render`], [`demo`], [`cli`] | the command line and what it prints |
 //! | [`config`], [`telemetry`] | settings and logging |
 //!
@@ -29,11 +32,14 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod invoice;
+pub mod metrics;
 pub mod money;
 pub mod period;
 pub mod quote;
 pub mod render;
 pub mod rollup;
+pub mod schedule;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod wire;

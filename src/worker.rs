@@ -36,6 +36,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (pool, client) = prepare(db, nats, "invoicer-worker").await?;
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr, pool.clone())?;
+    }
     let js = async_nats::jetstream::new(client.clone());
     let (rollup_consumer, usage_consumer) = bus::ensure_consumers(&js).await?;
     let notify = Arc::new(Notify::new());

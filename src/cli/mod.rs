@@ -1,11 +1,18 @@
 //! The command line: one module per command group. `main.rs` parses, sets up telemetry and
 //! calls [`Cli::run`].
 
+mod exit;
+mod health;
 mod invoices;
 mod quote;
 mod rollup;
+mod scheduler;
+
+pub use exit::{exit_code, Exit};
 
 use crate::config::{DbArgs, NatsArgs, WorkerArgs};
+use crate::period::Period;
+use crate::schedule::{Schedule, DEFAULT_CRON};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -41,11 +48,35 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Publish billing.rollup.requested on a cron (03:00 UTC on the 1st by default) for the
+    /// month just ended; missed months are requested after downtime, oldest first.
+    Scheduler {
+        /// Five cron fields (minute hour day-of-month month day-of-week), in UTC.
+        #[arg(long, env = "SCHEDULER_CRON", default_value = DEFAULT_CRON, value_parser = parse_cron)]
+        cron: Box<Schedule>,
+        /// On a first start (no state yet), the first month to bill, YYYY-MM; months whose
+        /// firing has passed are requested at once. Default: the first firing from now on.
+        #[arg(long, env = "SCHEDULER_SINCE", value_parser = parse_month)]
+        since: Option<Period>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Ask a running worker whether it is ready (exit 0) or not (exit 1).
+    Health {
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        /// Print the worker's JSON reply instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// Publish one billing.rollup.requested.
     Rollup {
         /// Month to bill, YYYY-MM.
-        #[arg(long)]
-        period: String,
+        #[arg(long, value_parser = parse_month)]
+        period: Period,
         /// Recompute drafts and supersede issued invoices.
         #[arg(long)]
         force: bool,
@@ -55,7 +86,8 @@ enum Command {
         /// Write drafts instead of issuing.
         #[arg(long)]
         draft: bool,
-        /// Show progress and wait for billing.rollup.completed.
+        /// Show progress and wait for billing.rollup.completed, then print a summary; the
+        /// exit code is 3 if a tenant failed, 4 if the request was rejected.
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -105,8 +137,13 @@ pub enum InvoicesCommand {
         /// Period start date, YYYY-MM-DD.
         #[arg(long)]
         period_start: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
+        /// Show at most this many invoices (newest period first).
+        #[arg(long, default_value_t = 50, conflicts_with = "all",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
+        /// Page through every matching invoice.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one invoice as a tax invoice.
     Show { id: String },
@@ -127,7 +164,26 @@ pub enum InvoicesCommand {
     },
 }
 
+fn parse_cron(s: &str) -> Result<Box<Schedule>, String> {
+    Schedule::parse(s).map(Box::new).map_err(|e| e.to_string())
+}
+
+fn parse_month(s: &str) -> Result<Period, String> {
+    Period::parse_month(s).map_err(|e| e.to_string())
+}
+
 impl Cli {
+    /// The log filter when `RUST_LOG` is unset: info for the long-running processes, only
+    /// warnings for the commands people read.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Run { .. } | Command::Migrate { .. } | Command::Scheduler { .. } => {
+                crate::telemetry::SERVICE_FILTER
+            }
+            _ => crate::telemetry::QUIET_FILTER,
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run { db, nats, worker } => {
@@ -147,7 +203,17 @@ impl Cli {
                 draft,
                 wait,
                 nats,
-            } => rollup::run(&nats, &period, force, tenants, draft, wait).await,
+            } => rollup::run(&nats, period, force, tenants, draft, wait).await,
+            Command::Scheduler { cron, since, nats } => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signal(shutdown.clone()));
+                scheduler::run(&nats, *cron, since, shutdown).await
+            }
+            Command::Health {
+                timeout,
+                json,
+                nats,
+            } => health::run(&nats, std::time::Duration::from_secs(timeout), json).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
             Command::Quote {
