@@ -18,6 +18,7 @@ use crate::bus::scheduler::{Cas, StateStore, Versioned};
 use crate::client::request_rollup;
 use crate::period::Period;
 use crate::schedule::{Firing, Schedule, State};
+use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -74,11 +75,13 @@ impl Scheduler {
         if self.since.is_some() && first.state != initial {
             tracing::warn!(state = ?first.state, "the scheduler already has state; --since is ignored");
         }
+        let next = self.schedule.next(&first.state);
         tracing::info!(
             cron = self.schedule.expr(),
             schedule = %self.schedule.describe(),
-            last_period = ?first.state.last_period.map(|p| p.to_string()),
-            next = ?self.schedule.next(&first.state).map(|f| (f.at.to_rfc3339(), f.period.to_string())),
+            last_period = %first.state.last_period.map_or("none".into(), |p| p.to_string()),
+            next_firing = %next.map_or("never".into(), |f| f.at.to_rfc3339()),
+            next_period = %next.map_or("none".into(), |f| f.period.to_string()),
             "scheduler started"
         );
         let mut attempt = 0;
@@ -133,7 +136,11 @@ impl Scheduler {
     ) -> anyhow::Result<()> {
         let js = async_nats::jetstream::new(self.client.clone());
         let msg_id = firing.msg_id();
-        request_rollup(&js, &firing.request(), &msg_id).await?;
+        request_rollup(&js, &firing.request(), &msg_id)
+            .await
+            .with_context(|| {
+                format!("requesting {msg_id} (`invoicer run` or `invoicer migrate` creates the streams)")
+            })?;
         match store
             .update(&current.state.requested(firing.period), current.revision)
             .await?

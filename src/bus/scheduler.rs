@@ -10,6 +10,7 @@ use anyhow::Context;
 use async_nats::jetstream::{
     self,
     kv::{self, CreateErrorKind, Operation, UpdateErrorKind},
+    stream,
 };
 
 pub const BUCKET: &str = "invoicer-scheduler";
@@ -40,20 +41,33 @@ impl StateStore {
     /// Opens the bucket, creating it if missing (replicas creating it at once get the same
     /// stream: the server accepts an identical create).
     pub async fn open(js: &jetstream::Context) -> anyhow::Result<StateStore> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "invoicer scheduler: the last period requested".into(),
-                    history: HISTORY,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("creating the key-value bucket {BUCKET}"))?,
+        // The stream a key-value bucket is made of, as async-nats would make it. Created here
+        // rather than with `create_key_value`, which first asks for the account's limits in a
+        // shape that nats-server 2.9 does not answer in.
+        let config = stream::Config {
+            name: format!("KV_{BUCKET}"),
+            description: Some("invoicer scheduler: the last period requested".into()),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: HISTORY,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
         };
-        Ok(StateStore { kv })
+        // Replicas starting together race to create it; whoever lost can still open it.
+        let created = js.get_or_create_stream(config).await;
+        match js.get_key_value(BUCKET).await {
+            Ok(kv) => Ok(StateStore { kv }),
+            Err(open) => Err(match created {
+                Err(create) => anyhow::Error::new(create)
+                    .context(format!("creating the key-value bucket {BUCKET}")),
+                Ok(_) => anyhow::Error::new(open)
+                    .context(format!("opening the key-value bucket {BUCKET}")),
+            }),
+        }
     }
 
     /// The current state, `None` if there is none yet (or it was deleted by an operator).
