@@ -10,7 +10,7 @@ use crate::client::{request_rollup, worker_running};
 use crate::config::NatsArgs;
 use crate::period::Period;
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -77,6 +77,18 @@ pub async fn run(
     anyhow::bail!("the NATS connection closed before the rollup completed")
 }
 
+/// `⠒ rollup 2026-04 [=====>    ] 5000/20000 tenants  2018 tenants/s  elapsed 2s  eta 7s`
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner} rollup {prefix} [{bar:30}] {pos}/{len} tenants  {rate}  elapsed {elapsed}  eta {eta}",
+    )
+    .expect("a valid template")
+    .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0} tenants/s", state.per_sec());
+    })
+    .progress_chars("=> ")
+}
+
 /// Shows progress: a live bar on a terminal, otherwise at most one plain line a second.
 struct Progress {
     bar: Option<ProgressBar>,
@@ -90,13 +102,12 @@ impl Progress {
     fn new(terminal: bool, period: Period) -> Progress {
         let bar = terminal.then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            // Until the first progress event there is no total to draw a bar against.
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} rollup {prefix} [{bar:30}] {pos}/{len} tenants  \
-                     {per_sec}  elapsed {elapsed}  eta {eta}",
+                    "{spinner} rollup {prefix}: waiting for the first batch  {elapsed}",
                 )
-                .expect("a valid template")
-                .progress_chars("=> "),
+                .expect("a valid template"),
             );
             bar.set_prefix(period.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -125,6 +136,9 @@ impl Progress {
         }
         self.last = (done, total);
         if let Some(bar) = &self.bar {
+            if bar.length().is_none() {
+                bar.set_style(bar_style());
+            }
             bar.set_length(total);
             bar.set_position(done);
             return;
