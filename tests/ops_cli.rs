@@ -205,10 +205,29 @@ async fn rollup_wait_prints_a_summary_and_exits_3_when_a_tenant_failed() {
         failed.stderr
     );
 
-    // The worker counted both rollups and the one invoice it issued.
+    // A request the worker refuses (a tenant id that cannot be a subject token) exits 4.
+    let rejected = cli(
+        &nats,
+        None,
+        &["rollup", "--period", "2026-04", "--wait", "--tenant", "a.b"],
+    )
+    .await;
+    assert_eq!(rejected.code, 4, "{}{}", rejected.stdout, rejected.stderr);
+    assert!(
+        rejected
+            .stderr
+            .contains("the rollup request was rejected: ")
+            && rejected.stderr.contains("a.b"),
+        "{}",
+        rejected.stderr
+    );
+    assert!(rejected.stdout.is_empty(), "{}", rejected.stdout);
+
+    // The worker counted the rollups and the one invoice it issued.
     wait_until("the worker's counters show the rollups", || async {
         let text = worker.scrape();
         text.contains("invoicer_rollups_total{outcome=\"completed\"} 2")
+            && text.contains("invoicer_rollups_total{outcome=\"rejected\"} 1")
             && text.contains("invoicer_invoices_issued_total 1")
             && text.contains("invoicer_ready 1")
     })
