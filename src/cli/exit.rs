@@ -33,3 +33,20 @@ impl Exit {
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     error.downcast_ref::<Exit>().map_or(1, Exit::code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outcome_has_its_code_and_other_errors_are_1() {
+        let code = |e: anyhow::Error| exit_code(&e);
+        assert_eq!(code(Exit::TenantsFailed(2).into()), 3);
+        assert_eq!(code(Exit::Rejected("bad".into()).into()), 4);
+        assert_eq!(code(Exit::NotReady("down".into()).into()), 1);
+        assert_eq!(code(anyhow::anyhow!("connection refused")), 1);
+        // A context added on the way up keeps the code.
+        let wrapped = anyhow::Error::from(Exit::Rejected("bad".into())).context("rollup");
+        assert_eq!(code(wrapped), 4);
+    }
+}

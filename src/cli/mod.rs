@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "invoicer",
     version,
-    about = "Month-end invoicing engine on NATS JetStream and PostgreSQL"
+    about = "Month-end invoicing engine on NATS JetStream and PostgreSQL",
+    after_help = "Exit codes: 0 done (health: ready); 1 error (health: not ready); 2 bad command \
+                  line; 3 rollup --wait: some tenants failed; 4 rollup --wait: request rejected."
 )]
 pub struct Cli {
     /// Log format: text or json.
@@ -48,8 +50,12 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
-    /// Publish billing.rollup.requested on a cron (03:00 UTC on the 1st by default) for the
-    /// month just ended; missed months are requested after downtime, oldest first.
+    /// Publish the month-end rollup request on a cron.
+    ///
+    /// By default at 03:00 UTC on the 1st, for the month just ended. Months whose firing was
+    /// missed while it was down are requested on start, oldest first; several replicas never
+    /// request a month twice. Its state is in the JetStream key-value bucket
+    /// invoicer-scheduler.
     Scheduler {
         /// Five cron fields (minute hour day-of-month month day-of-week), in UTC.
         #[arg(long, env = "SCHEDULER_CRON", default_value = DEFAULT_CRON, value_parser = parse_cron)]
