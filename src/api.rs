@@ -45,10 +45,11 @@ pub enum Endpoint {
     TenantGet,
     TenantPreview,
     Quote,
+    Health,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 14] = [
+    pub const ALL: [Endpoint; 15] = [
         Endpoint::PlansPut,
         Endpoint::AddonsPut,
         Endpoint::SubscriptionsPut,
@@ -63,6 +64,7 @@ impl Endpoint {
         Endpoint::TenantGet,
         Endpoint::TenantPreview,
         Endpoint::Quote,
+        Endpoint::Health,
     ];
 
     pub fn subject(self) -> &'static str {
@@ -81,6 +83,7 @@ impl Endpoint {
             Endpoint::TenantGet => "billing.tenant.*.invoices.get",
             Endpoint::TenantPreview => "billing.tenant.*.invoices.preview",
             Endpoint::Quote => "billing.quote",
+            Endpoint::Health => "billing.admin.health",
         }
     }
 
@@ -163,7 +166,70 @@ pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) 
             preview(ctx.pool, tenant, req.period_start, Utc::now()).await
         }
         Endpoint::Quote => quote_request(ctx.pool, wire::parse(payload)?, Utc::now()).await,
+        Endpoint::Health => {
+            let _: HealthRequest = wire::parse(payload)?;
+            Ok(health(ctx.pool).await)
+        }
     }
+}
+
+/// `billing.admin.health` takes no fields; `{}` asks.
+#[derive(Deserialize)]
+struct HealthRequest {}
+
+/// Readiness, always answered (a probe wants the reasons, not an error): the database answers,
+/// the consumers and the relay run, and the outbox drains. The reply itself proves that NATS
+/// and the service work.
+async fn health(pool: &PgPool) -> Value {
+    use crate::metrics::{self, Check, MAX_RELAY_LAG};
+    let now = Utc::now();
+    let started = std::time::Instant::now();
+    let mut checks = Vec::new();
+    let pending = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        store::outbox::pending(pool),
+    )
+    .await;
+    let (backlog, lag) = match pending {
+        Ok(Ok(p)) => {
+            checks.push(Check {
+                name: "database",
+                ok: true,
+                detail: format!("answered in {} ms", started.elapsed().as_millis()),
+            });
+            let lag = p.oldest_age_seconds(now);
+            checks.push(Check {
+                name: "outbox_backlog",
+                ok: lag < MAX_RELAY_LAG.as_secs() as i64,
+                detail: format!("{} events pending, oldest {lag}s", p.count),
+            });
+            (Some(p.count), Some(lag))
+        }
+        Ok(Err(e)) => {
+            checks.push(Check {
+                name: "database",
+                ok: false,
+                detail: e.to_string(),
+            });
+            (None, None)
+        }
+        Err(_) => {
+            checks.push(Check {
+                name: "database",
+                ok: false,
+                detail: "no answer within 2s".into(),
+            });
+            (None, None)
+        }
+    };
+    checks.extend(metrics::part_checks(now));
+    json!({
+        "ready": checks.iter().all(|c| c.ok),
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": checks,
+        "outbox_backlog": backlog,
+        "outbox_oldest_pending_seconds": lag,
+    })
 }
 
 /// Dates on the wire are RFC 3339 full-dates. chrono also reads years such as `-5000` that

@@ -84,6 +84,9 @@ pub struct WorkerArgs {
     pub service_concurrency: usize,
     #[command(flatten)]
     pub streams: StreamArgs,
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464 (off when unset).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
@@ -95,6 +98,7 @@ impl Default for WorkerArgs {
             rollup_concurrency: DEFAULT_ROLLUP_CONCURRENCY,
             service_concurrency: 8,
             streams: StreamArgs::default(),
+            metrics_addr: None,
         }
     }
 }

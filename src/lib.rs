@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`money`] | exact decimals, integer cents, the one rounding helper |
 //! | [`period`] | half-open UTC billing periods and daily proration |
+//! | [`schedule`] | the month-end cron: which period each firing requests, what is due |
 //! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
@@ -17,6 +18,8 @@
 //! | [`bus`] | NATS: streams, consumers, the outbox relay, the micro service |
 //! | [`auth`] | NATS operator mode: role permissions, JWTs, credentials, revocation |
 //! | [`worker`] | `invoicer run`: the parts above, supervised |
+//! | [`scheduler`] | `invoicer scheduler`: fires [`schedule`] with its state in a key-value bucket |
+//! | [`metrics`] | counters, the worker's readiness, the Prometheus endpoint |
 //! | [`client`], [`render`], [`demo`], [`cli`] | the command line and what it prints |
 //! | [`config`], [`telemetry`] | settings and logging |
 //!
@@ -32,11 +35,14 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod invoice;
+pub mod metrics;
 pub mod money;
 pub mod period;
 pub mod quote;
 pub mod render;
 pub mod rollup;
+pub mod schedule;
+pub mod scheduler;
 pub mod store;
 pub mod telemetry;
 pub mod wire;

@@ -49,6 +49,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (pool, client) = prepare(db, nats, &args.streams, "invoicer-worker").await?;
+    if let Some(addr) = args.metrics_addr {
+        crate::metrics::serve(addr, pool.clone())?;
+    }
     let js = async_nats::jetstream::new(client.clone());
     let consumers = bus::ensure_consumers(&js).await?;
     let notify = Arc::new(Notify::new());

@@ -692,6 +692,11 @@ fn bad_cases(ep: Endpoint) -> Vec<(String, Value, &'static str)> {
                 BAD,
             ),
         ],
+        // It has no fields: only a body that is not an object is wrong.
+        Endpoint::Health => vec![
+            c("a list", json!([]), BAD),
+            c("a boolean", json!(true), BAD),
+        ],
         Endpoint::Quote => {
             let q = json!({"plan": "studio", "addons": ["storage_50gb"],
                            "usage": {"droplet_hours": "2160"}, "period_start": "2026-04-01"});
@@ -922,6 +927,19 @@ async fn accepts_unknown_fields(env: &Env, ep: Endpoint, fx: &Fixture) {
                 )
                 .await;
             assert_eq!(totals(&v), (5000, 500, 5500), "{what}: {v}");
+        }
+        Endpoint::Health => {
+            let v = env.ok(&subject, extra(json!({}))).await;
+            let database = v["checks"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["name"] == "database"))
+                .cloned();
+            assert_eq!(
+                database.map(|d| d["ok"].clone()),
+                Some(json!(true)),
+                "{what}: {v}"
+            );
+            assert!(v["ready"].is_boolean(), "{what}: {v}");
         }
     }
 }
@@ -1200,6 +1218,8 @@ fn template(ep: Endpoint, invoice: &str) -> Value {
         Endpoint::Quote => json!({"plan": "studio", "addons": ["storage_50gb"],
             "usage": {"droplet_hours": "2160"}, "period_start": "2026-04-01",
             "active_from": "2026-04-01T00:00:00Z", "active_to": null, "tax_rate": "0.10"}),
+        // No fields of its own; one unknown field gives the mutations something to work on.
+        Endpoint::Health => json!({"probe": "fuzz"}),
     }
 }
 
@@ -1257,6 +1277,7 @@ fn check_success(ep: Endpoint, tenant: &str, v: &Value) -> Result<(), String> {
                 && (ep != Endpoint::TenantPreview
                     || (v["tenant_id"] == tenant && v["status"] == "preview"))
         }
+        Endpoint::Health => v["ready"].is_boolean() && v["checks"].is_array(),
     };
     if ok {
         Ok(())

@@ -125,7 +125,18 @@ impl Role {
                 ],
                 true,
             ),
-            Role::Scheduler => (vec!["billing.rollup.requested"], vec![&inbox], false),
+            Role::Scheduler => (
+                vec![
+                    "billing.rollup.requested",
+                    // Its state: the key-value bucket invoicer-scheduler, key `state` only.
+                    "$JS.API.STREAM.INFO.KV_invoicer-scheduler",
+                    "$JS.API.STREAM.CREATE.KV_invoicer-scheduler",
+                    "$JS.API.DIRECT.GET.KV_invoicer-scheduler.$KV.invoicer-scheduler.state",
+                    "$KV.invoicer-scheduler.state",
+                ],
+                vec![&inbox],
+                false,
+            ),
             Role::Metering => (vec!["metering.usage.recorded"], vec![&inbox], false),
             Role::Admin => (
                 vec![

@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod relay;
 pub mod rollups;
+pub mod scheduler;
 pub mod service;
 pub mod usage;
 pub mod work;

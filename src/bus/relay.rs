@@ -25,8 +25,13 @@ impl Relay {
     pub async fn run(self) -> anyhow::Result<()> {
         loop {
             let published = match self.round().await {
-                Ok(n) => n,
+                Ok(n) => {
+                    crate::metrics::part_ok(crate::metrics::Part::Relay);
+                    n
+                }
                 Err(e) => {
+                    crate::metrics::part_failed(crate::metrics::Part::Relay, &e);
+                    crate::metrics::relay_failures(1);
                     tracing::warn!(error = %e, "outbox relay round failed");
                     0
                 }
@@ -83,7 +88,9 @@ impl Relay {
         }
         if !done.is_empty() {
             outbox::mark_published(&self.pool, &done).await?;
+            crate::metrics::published(pending.iter().map(|p| (p.id, p.subject.as_str())), &done);
         }
+        crate::metrics::relay_failures(failed.len());
         if !failed.is_empty() {
             outbox::release(&self.pool, &failed).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -51,15 +51,18 @@ impl RollupConsumer {
                 .messages();
             let mut messages = tokio::select! {
                 m = batch => match m {
-                    Ok(m) => m,
-                    Err(e) => { tracing::warn!(error = %e, "rollup fetch failed"); tokio::time::sleep(Duration::from_secs(1)).await; continue }
+                    Ok(m) => { crate::metrics::part_ok(crate::metrics::Part::RollupConsumer); m }
+                    Err(e) => { crate::metrics::part_failed(crate::metrics::Part::RollupConsumer, &e); tracing::warn!(error = %e, "rollup fetch failed"); tokio::time::sleep(Duration::from_secs(1)).await; continue }
                 },
                 _ = self.shutdown.cancelled() => break,
             };
             while let Some(msg) = messages.next().await {
                 match msg {
                     Ok(msg) => self.handle(msg).await,
-                    Err(e) => tracing::warn!(error = %e, "rollup message error"),
+                    Err(e) => {
+                        crate::metrics::part_failed(crate::metrics::Part::RollupConsumer, &e);
+                        tracing::warn!(error = %e, "rollup message error")
+                    }
                 }
             }
         }
@@ -143,6 +146,7 @@ impl RollupConsumer {
     /// Answers a request that can never succeed with `billing.rollup.rejected`, then terminates it.
     async fn reject(&self, msg: &Message, seq: u64, error: &Error) {
         tracing::warn!(error = %error, "rollup request rejected");
+        crate::metrics::rollup("rejected");
         let request = echo(&msg.payload);
         let event = Event::new(
             ROLLUP_REJECTED,

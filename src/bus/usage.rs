@@ -29,8 +29,8 @@ impl UsageConsumer {
                 .messages();
             let mut stream = tokio::select! {
                 m = batch => match m {
-                    Ok(m) => m,
-                    Err(e) => { tracing::warn!(error = %e, "usage fetch failed"); tokio::time::sleep(Duration::from_secs(1)).await; continue }
+                    Ok(m) => { crate::metrics::part_ok(crate::metrics::Part::UsageConsumer); m }
+                    Err(e) => { crate::metrics::part_failed(crate::metrics::Part::UsageConsumer, &e); tracing::warn!(error = %e, "usage fetch failed"); tokio::time::sleep(Duration::from_secs(1)).await; continue }
                 },
                 _ = self.shutdown.cancelled() => break,
             };
@@ -38,7 +38,10 @@ impl UsageConsumer {
             while let Some(m) = stream.next().await {
                 match m {
                     Ok(m) => messages.push(m),
-                    Err(e) => tracing::warn!(error = %e, "usage message error"),
+                    Err(e) => {
+                        crate::metrics::part_failed(crate::metrics::Part::UsageConsumer, &e);
+                        tracing::warn!(error = %e, "usage message error")
+                    }
                 }
             }
             if !messages.is_empty() {
@@ -61,6 +64,7 @@ impl UsageConsumer {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, stream_seq = delivered(&msg).0, "malformed usage terminated");
+                    crate::metrics::usage_rejected(1);
                     settle(&msg, AckKind::Term).await;
                 }
             }
@@ -68,6 +72,7 @@ impl UsageConsumer {
         let result = store::usage::record(&self.pool, &records).await;
         match &result {
             Ok(ingested) => {
+                crate::metrics::usage_stored(ingested.inserted, ingested.late);
                 tracing::info!(
                     records = records.len(),
                     inserted = ingested.inserted,

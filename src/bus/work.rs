@@ -53,8 +53,12 @@ impl WorkConsumer {
                 .messages();
             let mut messages = tokio::select! {
                 m = batch => match m {
-                    Ok(m) => m,
+                    Ok(m) => {
+                        crate::metrics::part_ok(crate::metrics::Part::WorkConsumer);
+                        m
+                    }
                     Err(e) => {
+                        crate::metrics::part_failed(crate::metrics::Part::WorkConsumer, &e);
                         tracing::warn!(error = %e, "work fetch failed");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
@@ -116,6 +120,9 @@ impl WorkConsumer {
         let outcome =
             rollup::work_item(&self.pool, &item.request_id, item.item, &self.worker_id).await?;
         let (progress, completed) = rollup::try_complete(&self.pool, &item.request_id).await?;
+        if completed.is_some() {
+            crate::metrics::rollup("completed");
+        }
         if outcome == ItemOutcome::Done || completed.is_some() {
             self.relay.notify_one();
             if let Ok(body) = serde_json::to_vec(&progress) {

@@ -2,11 +2,18 @@
 //! calls [`Cli::run`].
 
 mod auth;
+mod exit;
+mod health;
 mod invoices;
 mod quote;
 mod rollup;
+mod scheduler;
+
+pub use exit::{exit_code, Exit};
 
 use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
+use crate::period::Period;
+use crate::schedule::{Schedule, DEFAULT_CRON};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "invoicer",
     version,
-    about = "Month-end invoicing engine on NATS JetStream and PostgreSQL"
+    about = "Month-end invoicing engine on NATS JetStream and PostgreSQL",
+    after_help = "Exit codes: 0 done (health: ready); 1 error (health: not ready); 2 bad command \
+                  line; 3 rollup --wait: some tenants failed; 4 rollup --wait: request rejected."
 )]
 pub struct Cli {
     /// Log format: text or json.
@@ -44,11 +53,39 @@ enum Command {
         #[command(flatten)]
         streams: StreamArgs,
     },
+    /// Publish the month-end rollup request on a cron.
+    ///
+    /// By default at 03:00 UTC on the 1st, for the month just ended. Months whose firing was
+    /// missed while it was down are requested on start, oldest first; several replicas never
+    /// request a month twice. Its state is in the JetStream key-value bucket
+    /// invoicer-scheduler.
+    Scheduler {
+        /// Five cron fields (minute hour day-of-month month day-of-week), in UTC.
+        #[arg(long, env = "SCHEDULER_CRON", default_value = DEFAULT_CRON, value_parser = parse_cron)]
+        cron: Box<Schedule>,
+        /// On a first start (no state yet), the first month to bill, YYYY-MM; months whose
+        /// firing has passed are requested at once. Default: the first firing from now on.
+        #[arg(long, env = "SCHEDULER_SINCE", value_parser = parse_month)]
+        since: Option<Period>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Ask a running worker whether it is ready (exit 0) or not (exit 1).
+    Health {
+        /// Seconds to wait for an answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+        /// Print the worker's JSON reply instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
     /// Publish one billing.rollup.requested.
     Rollup {
         /// Month to bill, YYYY-MM.
-        #[arg(long)]
-        period: String,
+        #[arg(long, value_parser = parse_month)]
+        period: Period,
         /// Recompute drafts and supersede issued invoices.
         #[arg(long)]
         force: bool,
@@ -58,7 +95,8 @@ enum Command {
         /// Write drafts instead of issuing.
         #[arg(long)]
         draft: bool,
-        /// Show progress and wait for billing.rollup.completed.
+        /// Show progress and wait for billing.rollup.completed, then print a summary; the
+        /// exit code is 3 if a tenant failed, 4 if the request was rejected.
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -115,8 +153,13 @@ pub enum InvoicesCommand {
         /// Period start date, YYYY-MM-DD.
         #[arg(long)]
         period_start: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
+        /// Show at most this many invoices (newest period first).
+        #[arg(long, default_value_t = 50, conflicts_with = "all",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        limit: u64,
+        /// Page through every matching invoice.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one invoice as a tax invoice.
     Show { id: String },
@@ -137,7 +180,26 @@ pub enum InvoicesCommand {
     },
 }
 
+fn parse_cron(s: &str) -> Result<Box<Schedule>, String> {
+    Schedule::parse(s).map(Box::new).map_err(|e| e.to_string())
+}
+
+fn parse_month(s: &str) -> Result<Period, String> {
+    Period::parse_month(s).map_err(|e| e.to_string())
+}
+
 impl Cli {
+    /// The log filter when `RUST_LOG` is unset: info for the long-running processes, only
+    /// warnings for the commands people read.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Run { .. } | Command::Migrate { .. } | Command::Scheduler { .. } => {
+                crate::telemetry::SERVICE_FILTER
+            }
+            _ => crate::telemetry::QUIET_FILTER,
+        }
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run { db, nats, worker } => {
@@ -157,7 +219,17 @@ impl Cli {
                 draft,
                 wait,
                 nats,
-            } => rollup::run(&nats, &period, force, tenants, draft, wait).await,
+            } => rollup::run(&nats, period, force, tenants, draft, wait).await,
+            Command::Scheduler { cron, since, nats } => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signal(shutdown.clone()));
+                scheduler::run(&nats, *cron, since, shutdown).await
+            }
+            Command::Health {
+                timeout,
+                json,
+                nats,
+            } => health::run(&nats, std::time::Duration::from_secs(timeout), json).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
             Command::Bench(args) => crate::bench::run(&args).await,

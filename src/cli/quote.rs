@@ -4,6 +4,7 @@ use crate::client::call;
 use crate::config::NatsArgs;
 use crate::period::Period;
 use anyhow::Context;
+use chrono::{Months, Utc};
 use serde_json::{json, Value};
 
 pub async fn run(
@@ -20,22 +21,26 @@ pub async fn run(
             .with_context(|| format!("--usage {u:?} must be KIND=QUANTITY"))?;
         projected.insert(kind.to_string(), Value::String(qty.to_string()));
     }
-    let period_start = period
-        .as_deref()
-        .map(Period::parse_month)
-        .transpose()?
-        .map(|p| p.start);
+    // The period is always sent, so the one shown is the one priced.
+    let period = match period.as_deref() {
+        Some(p) => Period::parse_month(p)?,
+        None => Period::month_before(Utc::now() + Months::new(1)),
+    };
     let client = crate::bus::connect(nats, "invoicer-cli").await?;
     let q = call(
         &client,
         "billing.quote",
-        &json!({"plan": plan, "addons": addons, "usage": projected, "period_start": period_start}),
+        &json!({"plan": plan, "addons": addons, "usage": projected, "period_start": period.start}),
     )
     .await?;
-    let mut shown = q.clone();
-    shown["tenant_id"] = json!("(quote)");
-    shown["status"] = json!("quote");
-    shown["currency"] = json!("");
-    println!("{}", crate::render::invoice(&shown));
+    let mut heading = format!("Quote for plan {plan}");
+    if !addons.is_empty() {
+        heading += &format!(" with {}", addons.join(", "));
+    }
+    heading += &format!(", {period} ({} days)", period.days());
+    if !usage.is_empty() {
+        heading += &format!("\nProjected usage: {}", usage.join(", "));
+    }
+    print!("{}", crate::render::quote(&q, &heading));
     Ok(())
 }

@@ -122,3 +122,31 @@ pub async fn payload_of(pool: &PgPool, msg_id: &str) -> Result<Option<serde_json
             .await?;
     Ok(row.map(|j| j.0))
 }
+
+/// Unpublished events: how many, and since when (for health checks and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingStats {
+    pub count: i64,
+    pub oldest: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl PendingStats {
+    /// Seconds the oldest unpublished event has waited (0 when there is none).
+    pub fn oldest_age_seconds(&self, now: chrono::DateTime<chrono::Utc>) -> i64 {
+        self.oldest.map_or(0, |at| (now - at).num_seconds().max(0))
+    }
+}
+
+pub async fn pending(pool: &PgPool) -> Result<PendingStats> {
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL) AS count,
+                (SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1)
+                  AS oldest",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(PendingStats {
+        count: row.try_get("count")?,
+        oldest: row.try_get("oldest")?,
+    })
+}
