@@ -160,8 +160,10 @@ impl BatchPlan {
             self.counts.drafted += 1;
         }
         let quote = priced.quote;
+        // Time-ordered ids (UUIDv7): new rows land at the right edge of the primary-key
+        // indexes rather than on random pages, which keeps a batch's inserts cache-friendly.
         let mut inv = Invoice {
-            id: Uuid::new_v4(),
+            id: Uuid::now_v7(),
             number: None,
             tenant_id: tenant.id.to_string(),
             period_start: req.period.start,
@@ -182,7 +184,7 @@ impl BatchPlan {
                     .lines
                     .into_iter()
                     .map(|line| Line {
-                        id: Uuid::new_v4(),
+                        id: Uuid::now_v7(),
                         line,
                     })
                     .collect(),

@@ -446,7 +446,7 @@ pub async fn insert_with_events(
              $12::uuid[])
          ), ev AS (
            INSERT INTO outbox (subject, msg_id, payload)
-           SELECT s, m, p::jsonb FROM unnest($14::text[], $15::text[], $16::text[])
+           SELECT s, m, p FROM unnest($14::text[], $15::text[], $16::text[])
              WITH ORDINALITY AS t(s, m, p, o)
            ORDER BY o
            ON CONFLICT (msg_id) DO NOTHING

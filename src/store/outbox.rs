@@ -33,7 +33,7 @@ pub async fn insert(db: &mut PgConnection, events: &[Event]) -> Result<()> {
     let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     sqlx::query(
         "INSERT INTO outbox (subject, msg_id, payload)
-         SELECT s, m, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(s, m, p, o)
+         SELECT s, m, p FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(s, m, p, o)
          ORDER BY o
          ON CONFLICT (msg_id) DO NOTHING",
     )
@@ -64,7 +64,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pen
             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
          UPDATE outbox o SET claimed_until = now() + $2 * interval '1 millisecond'
          FROM c WHERE o.id = c.id
-         RETURNING o.id, o.subject, o.msg_id, o.payload::text AS payload",
+         RETURNING o.id, o.subject, o.msg_id, o.payload",
     )
     .bind(limit)
     .bind(lease.as_millis() as f64)
@@ -111,16 +111,6 @@ pub async fn backlog(pool: &PgPool) -> Result<i64> {
             .fetch_one(pool)
             .await?,
     )
-}
-
-/// The payload of the event with this msg id, if it was ever written.
-pub async fn payload_of(pool: &PgPool, msg_id: &str) -> Result<Option<serde_json::Value>> {
-    let row: Option<sqlx::types::Json<serde_json::Value>> =
-        sqlx::query_scalar("SELECT payload FROM outbox WHERE msg_id = $1")
-            .bind(msg_id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(row.map(|j| j.0))
 }
 
 /// Unpublished events: how many, and since when (for health checks and metrics).
