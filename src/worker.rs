@@ -59,6 +59,7 @@ pub async fn run(
             consumer: usage_consumer,
             relay: notify.clone(),
             shutdown: shutdown.clone(),
+            max_payload: client.server_info().max_payload,
         }
         .run(),
     );
