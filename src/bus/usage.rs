@@ -19,11 +19,13 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// Messages per fetch: one transaction stores all of their records.
 const FETCH_MESSAGES: usize = 1000;
+/// Batches stored at once (each in its own transaction and connection).
+const WRITERS: usize = 2;
 /// Bytes per fetch, to bound memory and the size of one transaction. Never below the server's
 /// `max_payload` plus headers, or a message that size could never be fetched.
 const FETCH_BYTES: usize = 8 << 20;
@@ -45,7 +47,24 @@ struct Parsed {
 }
 
 impl UsageConsumer {
+    /// Fetches and parses the next batch while up to [`WRITERS`] earlier ones are being
+    /// stored: parsing, the database and the acks overlap instead of taking turns.
     pub async fn run(self) {
+        let this = Arc::new(self);
+        let (batches, mut next) = mpsc::channel::<Vec<Parsed>>(WRITERS);
+        let fetcher = tokio::spawn(this.clone().fetch(batches));
+        futures::stream::poll_fn(|cx| next.poll_recv(cx))
+            .for_each_concurrent(WRITERS, |batch| this.handle(batch))
+            .await;
+        if let Err(e) = fetcher.await {
+            tracing::error!(error = %e, "usage fetcher failed");
+        }
+        tracing::info!("usage consumer stopped");
+    }
+
+    /// Until shutdown: fetches batches of messages and hands them on parsed. What was fetched
+    /// before shutdown is still stored (the channel drains).
+    async fn fetch(self: Arc<Self>, batches: mpsc::Sender<Vec<Parsed>>) {
         let fetch_bytes = FETCH_BYTES.max(2 * self.max_payload);
         while !self.shutdown.is_cancelled() {
             let batch = self
@@ -69,16 +88,18 @@ impl UsageConsumer {
                     Err(e) => tracing::warn!(error = %e, "usage message error"),
                 }
             }
-            if !messages.is_empty() {
-                self.handle(messages).await;
+            if messages.is_empty() {
+                continue;
+            }
+            let parsed = messages.into_iter().map(parse).collect();
+            if batches.send(parsed).await.is_err() {
+                break;
             }
         }
-        tracing::info!("usage consumer stopped");
     }
 
-    #[tracing::instrument(skip_all, fields(messages = messages.len()))]
-    async fn handle(&self, messages: Vec<Message>) {
-        let parsed: Vec<Parsed> = messages.into_iter().map(parse).collect();
+    #[tracing::instrument(skip_all, fields(messages = parsed.len()))]
+    async fn handle(&self, parsed: Vec<Parsed>) {
         let records: Vec<UsageRecord> = parsed
             .iter()
             .flat_map(|p| p.records.iter().cloned())
