@@ -69,6 +69,10 @@ pub async fn run(
             js,
             notify: notify.clone(),
             shutdown: relay_stop.clone(),
+            policy: bus::relay::RelayPolicy {
+                retention: args.outbox_retention,
+                ..Default::default()
+            },
         }
         .run(),
     );

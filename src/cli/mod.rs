@@ -2,11 +2,12 @@
 //! calls [`Cli::run`].
 
 mod invoices;
+mod outbox;
 mod quote;
 mod rollup;
 
-use crate::config::{DbArgs, NatsArgs, WorkerArgs};
-use clap::{Parser, Subcommand};
+use crate::config::{DbArgs, LogFormat, NatsArgs, WorkerArgs};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -16,9 +17,16 @@ use tokio_util::sync::CancellationToken;
     about = "Month-end invoicing engine on NATS JetStream and PostgreSQL"
 )]
 pub struct Cli {
-    /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
-    pub log_format: String,
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        ignore_case = true,
+        global = true
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +100,13 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Events the relay has not published: the backlog, parked events, retrying them.
+    Outbox {
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +143,20 @@ pub enum InvoicesCommand {
 }
 
 impl Cli {
+    /// Parses the command line and checks what no single setting can; exits with clap's
+    /// message and code 2 on a bad value.
+    pub fn parse_checked() -> Cli {
+        let cli = Cli::parse();
+        if let Command::Run { db, worker, .. } = &cli.command {
+            if let Err(message) = worker.check(db) {
+                Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, message)
+                    .exit();
+            }
+        }
+        cli
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run { db, nats, worker } => {
@@ -150,6 +179,7 @@ impl Cli {
             } => rollup::run(&nats, &period, force, tenants, draft, wait).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
+            Command::Outbox { command, db } => outbox::run(&db, command).await,
             Command::Quote {
                 plan,
                 addons,
