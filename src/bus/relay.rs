@@ -128,7 +128,8 @@ impl Relay {
                 continue;
             }
             outage_pause = OUTAGE_BACKOFF.0;
-            if round.published == 0 {
+            // Rows published or settled (retry scheduled, parked): claim the next ones at once.
+            if round.published == 0 && round.failed == 0 {
                 tokio::select! {
                     _ = self.notify.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
