@@ -1,25 +1,46 @@
-//! Configuration: every setting is an environment variable with a matching flag.
+//! Configuration: every setting is an environment variable with a matching flag, checked when
+//! the command line is parsed. A bad value stops the process at once with clap's message and
+//! exit code 2, naming the variable, rather than surfacing later as a strange failure (a batch
+//! size of 0 that completes rollups with no invoices, a log format silently ignored).
 
-use clap::Args;
+use clap::builder::RangedI64ValueParser;
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/invoicer";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Published outbox rows are kept at least this long: beyond the events stream's duplicate
+/// window, so a pruned event can never be published twice unnoticed.
+pub const MIN_OUTBOX_RETENTION: Duration = Duration::from_secs(3600);
+
+/// `LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// PostgreSQL URL; the database is created if missing.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL,
+          value_parser = database_url)]
     pub database_url: String,
-    /// Connection pool size.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    /// Connection pool size (1-1000).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, value_parser = nats_url)]
     pub nats_url: String,
     /// NATS user (with --nats-password).
     #[arg(long, env = "NATS_USER", requires = "nats_password")]
@@ -38,7 +59,7 @@ pub struct NatsArgs {
     /// Inbox prefix for replies. Default: the one the credentials may subscribe to
     /// (`_INBOX_<role>`, `_INBOX_tenant_<tenant>`), or for NATS_USER `_INBOX_<user>` if it is a
     /// role's name and `_INBOX_tenant_<user>` otherwise; `_INBOX` without credentials.
-    #[arg(long, env = "NATS_INBOX_PREFIX")]
+    #[arg(long, env = "NATS_INBOX_PREFIX", value_parser = inbox_prefix)]
     pub nats_inbox_prefix: Option<String>,
 }
 
@@ -73,15 +94,22 @@ impl Default for StreamArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Tenants per rollup work item, priced and written in one database transaction.
-    #[arg(long, env = "ROLLUP_BATCH_SIZE", default_value_t = crate::rollup::DEFAULT_BATCH_SIZE)]
+    /// Tenants per rollup work item, priced and written in one database transaction (1-100000).
+    #[arg(long, env = "ROLLUP_BATCH_SIZE", default_value_t = crate::rollup::DEFAULT_BATCH_SIZE,
+          value_parser = RangedI64ValueParser::<i64>::new().range(1..=100_000))]
     pub rollup_batch_size: i64,
-    /// Rollup work items this replica works at once.
-    #[arg(long, env = "ROLLUP_CONCURRENCY", default_value_t = DEFAULT_ROLLUP_CONCURRENCY)]
+    /// Rollup work items this replica works at once (1-64).
+    #[arg(long, env = "ROLLUP_CONCURRENCY", default_value_t = DEFAULT_ROLLUP_CONCURRENCY,
+          value_parser = RangedI64ValueParser::<usize>::new().range(1..=64))]
     pub rollup_concurrency: usize,
-    /// Request-reply requests handled at once (bounded below the pool size).
-    #[arg(long, env = "SERVICE_CONCURRENCY", default_value_t = 8)]
+    /// Request-reply requests handled at once (1-1024, below DATABASE_MAX_CONNECTIONS).
+    #[arg(long, env = "SERVICE_CONCURRENCY", default_value_t = 8,
+          value_parser = RangedI64ValueParser::<usize>::new().range(1..=1024))]
     pub service_concurrency: usize,
+    /// How long published events stay in the outbox before they are pruned, e.g. 7d, 36h
+    /// (at least 1h).
+    #[arg(long, env = "OUTBOX_RETENTION", default_value = "7d", value_parser = retention)]
+    pub outbox_retention: Duration,
     #[command(flatten)]
     pub streams: StreamArgs,
     /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464 (off when unset).
@@ -99,6 +127,81 @@ impl Default for WorkerArgs {
             service_concurrency: 8,
             streams: StreamArgs::default(),
             metrics_addr: None,
+            outbox_retention: crate::bus::relay::DEFAULT_RETENTION,
         }
+    }
+}
+
+impl WorkerArgs {
+    /// What no single setting can check: request handlers must leave the consumers and the
+    /// relay a database connection, or a burst of requests starves them.
+    pub fn check(&self, db: &DbArgs) -> Result<(), String> {
+        if self.service_concurrency >= db.database_max_connections as usize {
+            return Err(format!(
+                "SERVICE_CONCURRENCY ({}) must be below DATABASE_MAX_CONNECTIONS ({}): the \
+                 consumers and the outbox relay need connections too",
+                self.service_concurrency, db.database_max_connections
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn database_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+        return Err("a PostgreSQL URL starts with postgres:// or postgresql://".into());
+    }
+    sqlx::postgres::PgConnectOptions::from_str(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a PostgreSQL URL: {e}"))
+}
+
+fn nats_url(s: &str) -> Result<String, String> {
+    async_nats::ServerAddr::from_str(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A subject prefix the client appends tokens to: plain tokens, no wildcards or spaces.
+fn inbox_prefix(s: &str) -> Result<String, String> {
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && !t.contains(['*', '>'])
+            && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if s.split('.').all(token_ok) {
+        Ok(s.to_string())
+    } else {
+        Err("an inbox prefix is dot-separated subject tokens without spaces or wildcards, e.g. _INBOX_acme".into())
+    }
+}
+
+fn retention(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 7d or 36h)"))?;
+    if d < MIN_OUTBOX_RETENTION {
+        return Err("must be at least 1h, beyond the events stream's duplicate window".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_checked_when_parsed() {
+        assert!(database_url("postgres://u@h:5432/db").is_ok());
+        assert!(database_url("mysql://nope").is_err());
+        assert!(nats_url("nats://127.0.0.1:4222").is_ok());
+        assert!(nats_url("127.0.0.1").is_ok());
+        assert!(nats_url("nats://host:port").is_err());
+        assert!(inbox_prefix("_INBOX_acme").is_ok());
+        assert!(inbox_prefix("_INBOX.acme").is_ok());
+        for bad in ["", "_INBOX acme", "_INBOX.*", "a..b", "a.>"] {
+            assert!(inbox_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(retention("30m").is_err());
+        assert!(retention("soon").is_err());
     }
 }

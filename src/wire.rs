@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+pub mod usage;
+pub use usage::{parse_usage, RejectedUsage, UsageMessage, UsageRecord};
+
 /// Parses a JSON payload into a DTO, mapping every failure to `bad_request`.
 pub fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
     // Requests are JSON objects; serde would otherwise accept an array in field order.
@@ -394,63 +397,6 @@ impl TryFrom<RollupRequestDto> for RollupRequest {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UsageRecordDto {
-    pub event_id: Uuid,
-    pub deployment_id: Uuid,
-    pub resource_kind: String,
-    pub quantity: Dec,
-    pub occurred_at: DateTime<Utc>,
-}
-
-/// A validated metering record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageRecord {
-    pub event_id: Uuid,
-    pub deployment_id: Uuid,
-    pub resource_kind: String,
-    pub quantity: Decimal,
-    pub occurred_at: DateTime<Utc>,
-}
-
-impl TryFrom<UsageRecordDto> for UsageRecord {
-    type Error = Error;
-    fn try_from(u: UsageRecordDto) -> Result<Self, Error> {
-        if u.quantity.0.is_sign_negative() && !u.quantity.0.is_zero() {
-            return Err(Error::bad("quantity must not be negative"));
-        }
-        check_instant("occurred_at", u.occurred_at)?;
-        Ok(UsageRecord {
-            event_id: u.event_id,
-            deployment_id: u.deployment_id,
-            resource_kind: check_token("resource_kind", &u.resource_kind)?,
-            quantity: u.quantity.0,
-            occurred_at: u.occurred_at,
-        })
-    }
-}
-
-#[derive(Deserialize)]
-struct UsageBatchDto {
-    records: Vec<UsageRecordDto>,
-}
-
-/// Parses a `metering.usage.recorded` payload: one record or `{"records": [...]}`. The message
-/// is accepted or refused whole.
-pub fn parse_usage(payload: &[u8]) -> Result<Vec<UsageRecord>, Error> {
-    // Parse as a value first so a bad record gets serde's precise message, not "no variant".
-    let value: serde_json::Value = parse(payload)?;
-    let records = if value.get("records").is_some() {
-        serde_json::from_value::<UsageBatchDto>(value)
-            .map_err(|e| Error::bad(format!("invalid usage batch: {e}")))?
-            .records
-    } else {
-        vec![serde_json::from_value(value)
-            .map_err(|e| Error::bad(format!("invalid usage record: {e}")))?]
-    };
-    records.into_iter().map(UsageRecord::try_from).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,20 +423,6 @@ mod tests {
             let r = parse::<RollupRequestDto>(bad.as_bytes()).and_then(RollupRequest::try_from);
             assert!(matches!(r, Err(Error::BadRequest(_))), "{bad}");
         }
-    }
-
-    #[test]
-    fn usage_one_or_batch() {
-        let one = br#"{"event_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b01","deployment_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b02","resource_kind":"droplet_hours","quantity":"24","occurred_at":"2026-04-01T00:00:00Z","extra":1}"#;
-        assert_eq!(parse_usage(one).unwrap().len(), 1);
-        let batch = format!(
-            r#"{{"records":[{0},{0}]}}"#,
-            std::str::from_utf8(one).unwrap()
-        );
-        assert_eq!(parse_usage(batch.as_bytes()).unwrap().len(), 2);
-        let float = br#"{"event_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b01","deployment_id":"6f1c1c2e-8d4a-4f43-9d4b-3a9a8d7e0b02","resource_kind":"droplet_hours","quantity":24.5,"occurred_at":"2026-04-01T00:00:00Z"}"#;
-        assert!(parse_usage(float).is_err());
-        assert!(parse_usage(br#"{"records":[{"event_id":"x"}]}"#).is_err());
     }
 
     #[test]

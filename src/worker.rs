@@ -86,6 +86,7 @@ pub async fn run(
         consumer: consumers.usage,
         relay: notify.clone(),
         shutdown: stop.clone(),
+        max_payload: client.server_info().max_payload,
     };
     parts.spawn(async move { ("usage consumer", usage.run().await) });
     let service = Service {
@@ -101,6 +102,10 @@ pub async fn run(
         js,
         notify: notify.clone(),
         shutdown: relay_stop.clone(),
+        policy: bus::relay::RelayPolicy {
+            retention: args.outbox_retention,
+            ..Default::default()
+        },
     };
     let mut relay = tokio::spawn(relay.run());
     tracing::info!("worker running");

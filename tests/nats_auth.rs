@@ -305,7 +305,7 @@ async fn the_admin_calls_admin_subjects_and_reads_but_cannot_change_the_streams(
     // JetStream: read...
     let js = admin.js();
     let mut events = js.get_stream("BILLING_EVENTS").await.unwrap();
-    assert_eq!(events.info().await.unwrap().config.subjects.len(), 4);
+    assert_eq!(events.info().await.unwrap().config.subjects.len(), 5);
     let consumer = js
         .get_stream("METERING_USAGE")
         .await
@@ -630,5 +630,83 @@ async fn a_tenant_called_admin_cannot_read_the_admins_replies() {
         },
     );
     assert_eq!(reply.unwrap_err().kind(), RequestErrorKind::TimedOut);
+    env.finish().await;
+}
+
+/// A deployment whose BILLING_EVENTS stream predates `billing.usage.rejected`: the worker adds
+/// the subject at start (its one STREAM.UPDATE grant) and publishes rejections under its own
+/// user; the metering user's bad record is answered, its good one stored.
+#[tokio::test]
+async fn the_worker_adds_usage_rejected_to_an_older_events_stream_and_publishes_it() {
+    let server = NatsServer::start_logged(Path::new(CONF));
+    let db = TestDb::new().await;
+    let admin = User::connect(
+        &server,
+        &login(None, &Role::Admin),
+        &Role::Admin.inbox_prefix(),
+    )
+    .await;
+    let older = User::connect(
+        &server,
+        &login(None, &Role::Worker),
+        &Role::Worker.inbox_prefix(),
+    )
+    .await;
+    older
+        .js()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "BILLING_EVENTS".into(),
+            subjects: vec![
+                "billing.invoice.>".into(),
+                "billing.rollup.completed".into(),
+                "billing.rollup.rejected".into(),
+                "billing.usage.late".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut nats = NatsArgs::local(&server.url);
+    nats.nats_user = Some("worker".into());
+    nats.nats_password = Some("worker-secret".into());
+    let worker = Worker::start_probed(db.args(), nats, WorkerArgs::default(), &admin.client).await;
+    let env = Env {
+        server,
+        db,
+        worker,
+        admin,
+        operator: None,
+        worker_in_log: "User \"worker\"".to_string(),
+    };
+    let admin_js = env.admin.js();
+    let mut events = admin_js.get_stream("BILLING_EVENTS").await.unwrap();
+    let subjects = events.info().await.unwrap().config.subjects.clone();
+    assert!(
+        subjects.contains(&"billing.usage.rejected".to_string()),
+        "{subjects:?}"
+    );
+
+    let metering = env.user(&Role::Metering).await;
+    let good = json!({"event_id": Uuid::new_v4(), "deployment_id": Uuid::new_v4(),
+                      "resource_kind": "droplet_hours", "quantity": "24",
+                      "occurred_at": "2026-04-01T00:00:00Z"});
+    let mut bad = good.clone();
+    bad["event_id"] = json!(Uuid::new_v4());
+    bad["quantity"] = json!(24);
+    publish_usage(&metering.js(), &env.db, vec![good, bad.clone()], 1).await;
+    wait_until("the rejection is published", || async {
+        !stream_messages(&admin_js, "BILLING_EVENTS", "billing.usage.rejected")
+            .await
+            .is_empty()
+    })
+    .await;
+    let rejected = stream_messages(&admin_js, "BILLING_EVENTS", "billing.usage.rejected").await;
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["record"], bad);
+    assert!(
+        rejected[0]["reason"].as_str().unwrap().contains("quantity"),
+        "{}",
+        rejected[0]
+    );
     env.finish().await;
 }

@@ -91,6 +91,8 @@ impl Role {
                     "$JS.API.STREAM.CREATE.BILLING_ROLLUPS",
                     "$JS.API.STREAM.CREATE.BILLING_EVENTS",
                     "$JS.API.STREAM.CREATE.METERING_USAGE",
+                    // Adds a subject a newer version publishes to an older BILLING_EVENTS.
+                    "$JS.API.STREAM.UPDATE.BILLING_EVENTS",
                     "$JS.API.CONSUMER.INFO.BILLING_ROLLUPS.invoicer-rollups",
                     "$JS.API.CONSUMER.INFO.METERING_USAGE.invoicer-usage",
                     "$JS.API.CONSUMER.CREATE.BILLING_ROLLUPS.invoicer-rollups",
@@ -113,6 +115,7 @@ impl Role {
                     "billing.rollup.completed",
                     "billing.rollup.rejected",
                     "billing.usage.late",
+                    "billing.usage.rejected",
                     "billing.rollup.progress",
                 ],
                 vec![

@@ -23,6 +23,9 @@ pub const ROLLUP_REJECTED: &str = "billing.rollup.rejected";
 /// Core NATS (not stored): one message per committed rollup batch, for `rollup --wait`.
 pub const ROLLUP_PROGRESS: &str = "billing.rollup.progress";
 pub const USAGE_RECORDED: &str = "metering.usage.recorded";
+pub const USAGE_LATE: &str = "billing.usage.late";
+/// `{"reason", "record"}`: a usage record refused at the edge (CONTRACT.md section 8).
+pub const USAGE_REJECTED: &str = "billing.usage.rejected";
 pub const ROLLUPS_CONSUMER: &str = "invoicer-rollups";
 pub const USAGE_CONSUMER: &str = "invoicer-usage";
 /// The work queue that splits a rollup across replicas (internal, worker only).
@@ -95,7 +98,8 @@ fn stream_configs(replicas: usize) -> [stream::Config; 4] {
                 "billing.invoice.>".into(),
                 ROLLUP_COMPLETED.into(),
                 ROLLUP_REJECTED.into(),
-                "billing.usage.late".into(),
+                USAGE_LATE.into(),
+                USAGE_REJECTED.into(),
             ],
             max_age: 365 * day,
             // A relay that died between publish and mark re-publishes within its lease.
@@ -129,16 +133,47 @@ fn stream_configs(replicas: usize) -> [stream::Config; 4] {
     })
 }
 
-/// Creates the streams if missing, with `replicas` copies each on a cluster (idempotent; an
-/// existing stream is left as it is).
+/// Creates the streams if missing, with `replicas` copies each on a cluster (idempotent). An
+/// existing stream keeps its settings, but gains any subject a newer version publishes (such as
+/// `billing.usage.rejected`): an event on a subject no stream holds could never be published.
 pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
     for config in stream_configs(replicas) {
         let name = config.name.clone();
-        js.get_or_create_stream(config)
+        let wanted = config.subjects.clone();
+        let stream = js
+            .get_or_create_stream(config)
             .await
             .with_context(|| format!("ensuring stream {name}"))?;
+        let mut current = stream.cached_info().config.clone();
+        let missing: Vec<String> = wanted
+            .into_iter()
+            .filter(|s| !current.subjects.iter().any(|have| covers(have, s)))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(stream = %name, subjects = ?missing, "adding subjects to the stream");
+            current.subjects.extend(missing);
+            js.update_stream(current)
+                .await
+                .with_context(|| format!("adding subjects to stream {name}"))?;
+        }
     }
     Ok(())
+}
+
+/// Whether the subject filter `pattern` (with `*` and `>` wildcards) matches every subject of
+/// `subject` (itself possibly a filter).
+fn covers(pattern: &str, subject: &str) -> bool {
+    let mut have = pattern.split('.');
+    let mut want = subject.split('.');
+    loop {
+        match (have.next(), want.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(w)) if w != ">" => {}
+            (Some(h), Some(w)) if h == w => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 /// The durable pull consumers the worker reads. Retries are paced by explicit `Nak` delays
@@ -195,4 +230,24 @@ pub struct Consumers {
     pub rollups: PullConsumer,
     pub usage: PullConsumer,
     pub work: PullConsumer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn subject_filters_cover_what_they_match() {
+        assert!(covers("billing.usage.rejected", "billing.usage.rejected"));
+        assert!(covers("billing.>", "billing.usage.rejected"));
+        assert!(covers("billing.*.rejected", "billing.usage.rejected"));
+        assert!(covers("billing.invoice.>", "billing.invoice.>"));
+        assert!(!covers("billing.usage.late", "billing.usage.rejected"));
+        assert!(!covers("billing.usage", "billing.usage.rejected"));
+        assert!(!covers(
+            "billing.usage.rejected.x",
+            "billing.usage.rejected"
+        ));
+        assert!(!covers("billing.*", "billing.>"));
+    }
 }

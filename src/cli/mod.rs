@@ -5,16 +5,17 @@ mod auth;
 mod exit;
 mod health;
 mod invoices;
+mod outbox;
 mod quote;
 mod rollup;
 mod scheduler;
 
 pub use exit::{exit_code, Exit};
 
-use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
+use crate::config::{DbArgs, LogFormat, NatsArgs, StreamArgs, WorkerArgs};
 use crate::period::Period;
 use crate::schedule::{Schedule, DEFAULT_CRON};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -26,9 +27,16 @@ use tokio_util::sync::CancellationToken;
                   line; 3 rollup --wait: some tenants failed; 4 rollup --wait: request rejected."
 )]
 pub struct Cli {
-    /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
-    pub log_format: String,
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        ignore_case = true,
+        global = true
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,6 +148,13 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
+    /// Events the relay has not published: the backlog, parked events, retrying them.
+    Outbox {
+        #[command(subcommand)]
+        command: outbox::OutboxCommand,
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +215,20 @@ impl Cli {
         }
     }
 
+    /// Parses the command line and checks what no single setting can; exits with clap's
+    /// message and code 2 on a bad value.
+    pub fn parse_checked() -> Cli {
+        let cli = Cli::parse();
+        if let Command::Run { db, worker, .. } = &cli.command {
+            if let Err(message) = worker.check(db) {
+                Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, message)
+                    .exit();
+            }
+        }
+        cli
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Run { db, nats, worker } => {
@@ -234,6 +263,7 @@ impl Cli {
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
             Command::Bench(args) => crate::bench::run(&args).await,
             Command::Auth { command } => auth::run(command).await,
+            Command::Outbox { command, db } => outbox::run(&db, command).await,
             Command::Quote {
                 plan,
                 addons,

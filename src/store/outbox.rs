@@ -1,5 +1,7 @@
 //! The transactional outbox: events are inserted in the transaction of the change they announce
-//! and published later by `bus::relay`, with `msg_id` as the `Nats-Msg-Id`.
+//! and published later by `bus::relay`, with `msg_id` as the `Nats-Msg-Id`. A row that fails
+//! counts its attempts and backs off on its own; one that can never be published is parked
+//! for an operator; published rows are pruned after a retention period.
 
 use crate::error::Result;
 use sqlx::{PgConnection, PgPool, Row};
@@ -51,20 +53,25 @@ pub struct Pending {
     pub subject: String,
     pub msg_id: String,
     pub payload: String,
+    /// Failed attempts so far.
+    pub attempts: i32,
 }
 
-/// Claims up to `limit` unpublished events for `lease`, oldest first. Another relay skips them
-/// until the lease runs out, so replicas rarely publish the same row twice (and when they do,
-/// the stream drops the repeat by its msg id).
+/// Claims up to `limit` events due for publishing for `lease`, oldest first: unpublished, not
+/// parked, and past their own retry delay. Another relay skips them until the lease runs out,
+/// so replicas rarely publish the same row twice (and when they do, the stream drops the repeat
+/// by its msg id).
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pending>> {
     let rows = sqlx::query(
         "WITH c AS (
             SELECT id FROM outbox
-            WHERE published_at IS NULL AND (claimed_until IS NULL OR claimed_until < now())
+            WHERE published_at IS NULL AND parked_at IS NULL
+              AND (claimed_until IS NULL OR claimed_until < now())
+              AND (next_attempt_at IS NULL OR next_attempt_at <= now())
             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
          UPDATE outbox o SET claimed_until = now() + $2 * interval '1 millisecond'
          FROM c WHERE o.id = c.id
-         RETURNING o.id, o.subject, o.msg_id, o.payload",
+         RETURNING o.id, o.subject, o.msg_id, o.payload, o.attempts",
     )
     .bind(limit)
     .bind(lease.as_millis() as f64)
@@ -78,6 +85,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pen
                 subject: r.try_get("subject")?,
                 msg_id: r.try_get("msg_id")?,
                 payload: r.try_get("payload")?,
+                attempts: r.try_get("attempts")?,
             })
         })
         .collect::<Result<_>>()?;
@@ -86,17 +94,9 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pen
 }
 
 pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<()> {
-    sqlx::query("UPDATE outbox SET published_at = now(), claimed_until = NULL WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Gives claimed rows back after a failed publish, so the next round retries them at once.
-pub async fn release(pool: &PgPool, ids: &[i64]) -> Result<()> {
     sqlx::query(
-        "UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1) AND published_at IS NULL",
+        "UPDATE outbox SET published_at = now(), claimed_until = NULL, next_attempt_at = NULL
+         WHERE id = ANY($1)",
     )
     .bind(ids)
     .execute(pool)
@@ -104,13 +104,182 @@ pub async fn release(pool: &PgPool, ids: &[i64]) -> Result<()> {
     Ok(())
 }
 
-/// Events not yet published (for health checks and tests).
-pub async fn backlog(pool: &PgPool) -> Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await?,
+/// Gives claimed rows back after a failure that was not theirs (NATS unreachable), without
+/// counting an attempt: the next round retries them. The error is kept, so an operator can see
+/// why the backlog grows.
+pub async fn release(pool: &PgPool, ids: &[i64], error: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET claimed_until = NULL, last_error = $2
+         WHERE id = ANY($1) AND published_at IS NULL",
     )
+    .bind(ids)
+    .bind(storable(error))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Error texts are stored: short, and free of the NUL that text columns refuse.
+fn storable(error: &str) -> String {
+    error.chars().take(1000).filter(|c| *c != '\0').collect()
+}
+
+/// A failed publish attempt of one row.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub id: i64,
+    pub error: String,
+    /// Parked now (it can never succeed, or this was its last attempt), else retried after
+    /// `retry_in`.
+    pub park: bool,
+    pub retry_in: Duration,
+}
+
+/// Records failed attempts: each row's attempt count and last error, then its own retry time
+/// or its parking. Returns how many rows were parked.
+pub async fn record_failures(pool: &PgPool, failures: &[Failure]) -> Result<u64> {
+    if failures.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<i64> = failures.iter().map(|f| f.id).collect();
+    // Error texts are stored: keep them short, and free of the NUL text columns refuse.
+    let errors: Vec<String> = failures
+        .iter()
+        .map(|f| {
+            f.error
+                .chars()
+                .take(1000)
+                .collect::<String>()
+                .replace('\0', "")
+        })
+        .collect();
+    let park: Vec<bool> = failures.iter().map(|f| f.park).collect();
+    let delays: Vec<f64> = failures
+        .iter()
+        .map(|f| f.retry_in.as_millis() as f64)
+        .collect();
+    let parked = sqlx::query_scalar::<_, i64>(
+        "WITH f AS (SELECT * FROM unnest($1::bigint[], $2::text[], $3::bool[], $4::float8[])
+                    AS t(id, error, park, delay_ms))
+         UPDATE outbox o SET
+             attempts = o.attempts + 1,
+             last_error = f.error,
+             claimed_until = NULL,
+             next_attempt_at = CASE WHEN f.park THEN NULL
+                                    ELSE now() + f.delay_ms * interval '1 millisecond' END,
+             parked_at = CASE WHEN f.park THEN now() END
+         FROM f WHERE o.id = f.id AND o.published_at IS NULL
+         RETURNING (o.parked_at IS NOT NULL)::int::bigint",
+    )
+    .bind(&ids)
+    .bind(&errors)
+    .bind(&park)
+    .bind(&delays)
+    .fetch_all(pool)
+    .await?;
+    Ok(parked.iter().sum::<i64>() as u64)
+}
+
+/// Deletes published rows older than `retention`, a chunk at a time so no statement holds many
+/// locks; returns how many.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64> {
+    const CHUNK: i64 = 10_000;
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                SELECT id FROM outbox
+                WHERE published_at < now() - $1 * interval '1 millisecond'
+                LIMIT $2)",
+        )
+        .bind(retention.as_millis() as f64)
+        .bind(CHUNK)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < CHUNK as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Events waiting to be published, not counting parked ones (for health checks and tests).
+pub async fn backlog(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// What an operator watches: events waiting, of them those that have failed at least once,
+/// events parked, and the age of the oldest waiting event.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    pub pending: i64,
+    pub retrying: i64,
+    pub parked: i64,
+    pub oldest_pending_secs: Option<f64>,
+}
+
+pub async fn stats(pool: &PgPool) -> Result<Stats> {
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS pending,
+                count(*) FILTER (WHERE parked_at IS NULL AND attempts > 0) AS retrying,
+                count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
+                extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))::float8
+                    AS oldest
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Stats {
+        pending: row.try_get("pending")?,
+        retrying: row.try_get("retrying")?,
+        parked: row.try_get("parked")?,
+        oldest_pending_secs: row.try_get("oldest")?,
+    })
+}
+
+/// A parked event, as an operator sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Parked {
+    pub id: i64,
+    pub subject: String,
+    pub msg_id: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+    pub payload_bytes: i32,
+}
+
+/// Parked events, oldest first.
+pub async fn parked(pool: &PgPool, limit: i64) -> Result<Vec<Parked>> {
+    Ok(sqlx::query_as(
+        "SELECT id, subject, msg_id, attempts, last_error, created_at, parked_at,
+                octet_length(payload::text) AS payload_bytes
+         FROM outbox WHERE parked_at IS NOT NULL AND published_at IS NULL
+         ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Puts parked events back in line with a fresh attempt count (all of them when `ids` is
+/// `None`): once the cause is fixed, e.g. the server's `max_payload` raised. Returns how many.
+pub async fn unpark(pool: &PgPool, ids: Option<&[i64]>) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET parked_at = NULL, attempts = 0, next_attempt_at = NULL
+         WHERE parked_at IS NOT NULL AND published_at IS NULL
+           AND ($1::bigint[] IS NULL OR id = ANY($1))",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Unpublished events: how many, and since when (for health checks and metrics).

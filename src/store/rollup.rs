@@ -223,7 +223,7 @@ pub async fn record_item(
            invoices_skipped = invoices_skipped + $5, tenants_failed = tenants_failed || $6,
            cursor_tenant = coalesce($7, cursor_tenant),
            processed_by = coalesce($8, processed_by),
-           done_at = CASE WHEN $8 IS NULL THEN NULL ELSE now() END
+           done_at = CASE WHEN $8 IS NULL THEN NULL ELSE clock_timestamp() END
          WHERE request_id = $1 AND item_no = $2",
     )
     .bind(key)

@@ -1,5 +1,6 @@
-//! Metered usage: deduplicated inserts, late-usage reports, and per-window aggregation.
+//! Metered usage: deduplicated inserts, late-usage reports, and rejections, in one transaction.
 
+use super::outbox::{self, Event};
 use crate::error::Result;
 use crate::wire::UsageRecord;
 use sqlx::{PgPool, Row};
@@ -12,27 +13,46 @@ pub struct Ingested {
     pub late: i64,
 }
 
-/// Stores a batch of records in one transaction.
-pub async fn record(pool: &PgPool, records: &[UsageRecord]) -> Result<Ingested> {
-    if records.is_empty() {
+/// Stores a batch of records, and the `billing.usage.rejected` events of the records refused
+/// beside them, in one transaction: a message is acknowledged only once both are durable.
+pub async fn record(
+    pool: &PgPool,
+    records: &[UsageRecord],
+    rejections: &[Event],
+) -> Result<Ingested> {
+    if records.is_empty() && rejections.is_empty() {
         return Ok(Ingested::default());
     }
+    let mut tx = pool.begin().await?;
+    outbox::insert(&mut tx, rejections).await?;
+    if records.is_empty() {
+        tx.commit().await?;
+        return Ok(Ingested::default());
+    }
+    // Rows in event-id order, each id once: two workers inserting overlapping batches then
+    // take the unique-index locks in the same order and cannot deadlock.
+    let mut sorted: Vec<&UsageRecord> = records.iter().collect();
+    sorted.sort_by_key(|r| r.event_id);
+    sorted.dedup_by_key(|r| r.event_id);
+    let records = sorted;
     let event_ids: Vec<_> = records.iter().map(|r| r.event_id).collect();
     let deployments: Vec<_> = records.iter().map(|r| r.deployment_id).collect();
     let kinds: Vec<&str> = records.iter().map(|r| r.resource_kind.as_str()).collect();
     let quantities: Vec<_> = records.iter().map(|r| r.quantity).collect();
     let occurred: Vec<_> = records.iter().map(|r| r.occurred_at).collect();
-    let mut tx = pool.begin().await?;
     // A rollup holds its tenants FOR UPDATE from before it reads usage until its invoices
     // commit. Waiting on that lock here means the insert below either lands before the
     // rollup reads usage (and is billed) or sees the committed invoice (and is reported late):
     // never neither.
+    let mut distinct = deployments.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
     sqlx::query(
         "SELECT 1 FROM tenants WHERE tenant_id IN (
             SELECT tenant_id FROM subscriptions WHERE deployment_id = ANY($1))
          ORDER BY tenant_id FOR SHARE",
     )
-    .bind(&deployments)
+    .bind(&distinct)
     .execute(&mut *tx)
     .await?;
     let row = sqlx::query(

@@ -82,6 +82,7 @@ pub struct NatsServer {
     pub url: String,
     child: Child,
     _store: tempfile::TempDir,
+    config: Option<std::path::PathBuf>,
 }
 
 impl NatsServer {
@@ -102,34 +103,13 @@ impl NatsServer {
     fn launch(config: Option<&Path>, store_flags: bool) -> NatsServer {
         let store = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut cmd = Command::new("nats-server");
-        if let Some(c) = config {
-            cmd.arg("-c").arg(c);
-        }
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        if store_flags {
-            cmd.arg("-js").arg("-sd").arg(store.path());
-        }
-        cmd.arg("-l")
-            .arg(store.path().join("nats-server.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .expect("nats-server must be installed (see README)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_nats(port, store.path(), config, store_flags);
         NatsServer {
             port,
             url: format!("nats://127.0.0.1:{port}"),
             child,
             _store: store,
+            config: config.map(Path::to_path_buf),
         }
     }
 
@@ -140,6 +120,36 @@ impl NatsServer {
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(&self.url).await.unwrap()
     }
+}
+
+/// Starts `nats-server` with JetStream on `port` and `store`, and waits until it listens.
+/// `store_flags`: JetStream on with `store` as its directory (off when the configuration names
+/// its own store, as the operator-mode one does: nats-server refuses `-sd` on top of it).
+fn spawn_nats(port: u16, store: &Path, config: Option<&Path>, store_flags: bool) -> Child {
+    let mut cmd = Command::new("nats-server");
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    if store_flags {
+        cmd.arg("-js").arg("-sd").arg(store);
+    }
+    cmd.arg("-l")
+        .arg(store.join("nats-server.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd
+        .spawn()
+        .expect("nats-server must be installed (see README)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 impl Drop for NatsServer {
@@ -332,4 +342,89 @@ impl Worker {
             handle: Some(handle),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real faults: a nats-server that can be killed and restarted on the same port and store, and
+// the worker as a separate process (the binary), killed on drop.
+// ---------------------------------------------------------------------------------------------
+
+impl NatsServer {
+    /// SIGKILLs the server; its store directory stays for [`NatsServer::restart`].
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL nats-server");
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same port and store directory (streams, consumers and
+    /// their state survive, as after a real restart).
+    pub fn restart(&mut self) {
+        self.child = spawn_nats(self.port, self._store.path(), self.config.as_deref(), true);
+    }
+}
+
+/// `invoicer run` as a child process, its log kept in a file; SIGKILLed on drop.
+pub struct WorkerProcess {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl WorkerProcess {
+    /// Starts the binary against `db` and `nats` with extra environment, and waits until its
+    /// service answers `$SRV.PING` (failing with the worker's log if it exits first).
+    pub async fn start(db: &TestDb, nats: &NatsServer, env: &[(&str, &str)]) -> WorkerProcess {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_invoicer"));
+        cmd.arg("run")
+            .env("DATABASE_URL", &db.url)
+            .env("NATS_URL", &nats.url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut worker = WorkerProcess {
+            child: cmd.spawn().expect("the invoicer binary runs"),
+            log,
+        };
+        let probe = nats.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !invoicer::client::worker_running(&probe).await {
+            if let Some(status) = worker.child.try_wait().unwrap() {
+                panic!(
+                    "the worker exited ({status}) while starting:\n{}",
+                    worker.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not start:\n{}",
+                worker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worker
+    }
+
+    /// What the worker logged so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A count from the test database.
+pub async fn count(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
 }
