@@ -7,8 +7,10 @@
 //! | [`money`] | exact decimals, integer cents, the one rounding helper |
 //! | [`period`] | half-open UTC billing periods and daily proration |
 //! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
+//! | [`abn`] | Australian Business Numbers and their checksum |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
+//! | [`document`] | tax invoice documents: a view model of an invoice, rendered to HTML and PDF |
 //! | [`wire`] | JSON payloads of the contract, parsed into domain values at the edge |
 //! | [`error`] | the error classes, each with one reply code and one ack kind |
 //! | [`store`] | PostgreSQL: migrations and one module of queries per concern |
@@ -20,6 +22,7 @@
 //! | [`config`], [`telemetry`] | settings and logging |
 //!
 //! Arrows point one way: `cli` → `worker` → `bus` → `api`/`rollup` → `store` → the pure core.
+pub mod abn;
 pub mod api;
 pub mod bus;
 pub mod catalog;
@@ -27,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod document;
 pub mod error;
 pub mod invoice;
 pub mod money;

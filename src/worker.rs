@@ -35,6 +35,7 @@ pub async fn run(
     args: &WorkerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let seller = args.seller.seller()?.map(Arc::new);
     let (pool, client) = prepare(db, nats, "invoicer-worker").await?;
     let js = async_nats::jetstream::new(client.clone());
     let (rollup_consumer, usage_consumer) = bus::ensure_consumers(&js).await?;
@@ -78,6 +79,7 @@ pub async fn run(
             relay: notify.clone(),
             concurrency: args.service_concurrency,
             shutdown: shutdown.clone(),
+            seller,
         }
         .run(),
     );

@@ -318,3 +318,12 @@ impl Worker {
         }
     }
 }
+
+/// The supplier on tax invoice documents in tests (the ATO's own example ABN).
+pub fn seller_args() -> invoicer::config::SellerArgs {
+    invoicer::config::SellerArgs {
+        seller_name: Some("Droplet Cloud Pty Ltd".into()),
+        seller_abn: Some("51 824 753 556".into()),
+        seller_address: Some("1 Example Street\nSydney NSW 2000".into()),
+    }
+}
