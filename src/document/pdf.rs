@@ -662,4 +662,82 @@ mod tests {
             }
         }
     }
+
+    /// The PDF's text, read back by a PDF reader, with whitespace runs collapsed.
+    fn text_of(view: &TaxInvoiceView) -> String {
+        let bytes = render(view).unwrap();
+        assert!(bytes.starts_with(b"%PDF-"));
+        let text = pdf_extract::extract_text_from_mem(&bytes).unwrap();
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn seed_invoice_reads_back_with_every_required_field() {
+        let v = TaxInvoiceView::build(&seed_invoice(), &seller(), &pilot(), &Related::default())
+            .unwrap();
+        let bytes = render(&v).unwrap();
+        // Fonts are subset: the file stays far below NATS's 1 MB limit, even as base64.
+        assert!(bytes.len() < 100_000, "{} bytes", bytes.len());
+        let text = text_of(&v);
+        for want in [
+            "Tax invoice",
+            "Droplet Cloud Pty Ltd",
+            "ABN 51 824 753 556",
+            "1 Example Street",
+            "Invoice number INV-000001",
+            "Issue date 1 May 2026",
+            "Billing period 1 April 2026 to 30 April 2026",
+            "Pilot Pty Ltd",
+            "Deployment 5eed0000-0000-4000-8000-000000000001",
+            "Plan: Studio 1 $50.00 Taxable $50.00",
+            "Addon: storage_50gb 1 $7.50 Taxable $7.50",
+            "Overage: droplet_hours (672 × $0.01) 672 $0.01 Taxable $6.72",
+            "Subtotal (excluding GST) $64.22",
+            "GST 10% $6.42",
+            "Total including GST (AUD) $70.64",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in {text}");
+        }
+        // Below $1,000 the recipient's ABN is not shown.
+        assert!(!text.contains("33 051 775 556"), "{text}");
+    }
+
+    #[test]
+    fn draft_void_and_any_script_read_back() {
+        use crate::invoice::Status;
+        let mut draft = seed_invoice();
+        draft.status = Status::Draft;
+        draft.number = None;
+        draft.issued_at = None;
+        let v = TaxInvoiceView::build(&draft, &seller(), &pilot(), &Related::default()).unwrap();
+        let text = text_of(&v);
+        assert!(text.contains("Draft — not a tax invoice"), "{text}");
+        assert!(!text.contains("INV-"), "{text}");
+
+        let mut void = seed_invoice();
+        void.status = Status::Void;
+        void.voided_at = void.issued_at;
+        void.void_reason = Some("superseded".into());
+        let related = Related {
+            replaced_by: Some(crate::document::view::RelatedInvoice {
+                id: uuid::Uuid::from_u128(43),
+                number: Some("INV-000002".into()),
+            }),
+            replaces: None,
+        };
+        let v = TaxInvoiceView::build(&void, &seller(), &pilot(), &related).unwrap();
+        let text = text_of(&v);
+        assert!(
+            text.contains("VOID — superseded by tax invoice INV-000002"),
+            "{text}"
+        );
+
+        // Names outside Latin-1 print: the embedded font covers them.
+        let mut legal = pilot();
+        legal.legal_name = Some("Ωμέγα Τεχνολογίες ΑΕ <script>".into());
+        let v =
+            TaxInvoiceView::build(&seed_invoice(), &seller(), &legal, &Related::default()).unwrap();
+        let text = text_of(&v);
+        assert!(text.contains("Ωμέγα Τεχνολογίες ΑΕ <script>"), "{text}");
+    }
 }
