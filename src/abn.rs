@@ -107,7 +107,7 @@ mod tests {
         // Find the two check digits c1 c2 with 10*(c1-1) + c2 + s ≡ 0 (mod 89).
         for c1 in 1..=9u32 {
             for c2 in 0..=9u32 {
-                if (10 * (c1 - 1) + c2 + s) % 89 == 0 {
+                if (10 * (c1 - 1) + c2 + s).is_multiple_of(89) {
                     return format!("{c1}{c2}{body}");
                 }
             }

@@ -694,6 +694,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn paid_invoice_says_when() {
+        let mut inv = seed_invoice();
+        inv.status = Status::Paid;
+        inv.paid_at = Some("2026-05-10T08:00:00Z".parse().unwrap());
+        let v = view(&inv, &Related::default());
+        assert_eq!((v.title, v.watermark), ("Tax invoice", None));
+        assert_eq!(v.notices.len(), 1);
+        assert_eq!(
+            (v.notices[0].kind, v.notices[0].headline.as_str()),
+            (NoticeKind::Info, "Paid on 10 May 2026")
+        );
+    }
+
+    #[test]
     fn tax_exempt_lines_are_gst_free() {
         let mut inv = seed_invoice();
         inv.lines.as_mut().unwrap().pop();
