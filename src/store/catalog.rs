@@ -9,8 +9,16 @@ use sqlx::{PgExecutor, PgPool, Row};
 use std::collections::BTreeMap;
 
 fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant> {
+    let id = TenantId::parse(row.try_get("tenant_id")?)?;
+    // Checked on the way in; a row edited by hand must not stop the rollup, which reads
+    // tenants through here too, so a bad stored ABN is logged and treated as absent.
+    let abn = row.try_get::<Option<&str>, _>("abn")?.and_then(|digits| {
+        Abn::parse(digits)
+            .map_err(|e| tracing::warn!(tenant = %id, error = %e, "ignoring the stored ABN"))
+            .ok()
+    });
     Ok(Tenant {
-        id: TenantId::parse(row.try_get("tenant_id")?)?,
+        id,
         currency: Currency::parse(row.try_get("currency")?)?,
         tax: TaxPolicy {
             rate: row.try_get("tax_rate")?,
@@ -19,11 +27,7 @@ fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant> {
         },
         legal: LegalDetails {
             legal_name: row.try_get("legal_name")?,
-            abn: row
-                .try_get::<Option<&str>, _>("abn")?
-                .map(Abn::parse)
-                .transpose()
-                .map_err(|e| Error::Internal(format!("stored tenant ABN: {e}")))?,
+            abn,
             address: row.try_get("address")?,
         },
     })
