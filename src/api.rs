@@ -379,7 +379,7 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
     let was_issued = inv.status == Status::Issued;
     match to {
         Status::Issued => {
-            let n = store::rollup::allocate_numbers(&mut tx, 1).await?;
+            let n = store::invoices::allocate_numbers(&mut tx, 1).await?;
             inv.number = Some(format_number(n));
             inv.issued_at = Some(now);
         }

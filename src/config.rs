@@ -33,10 +33,12 @@ pub struct NatsArgs {
         requires = "nats_user"
     )]
     pub nats_password: Option<String>,
-    /// NATS credentials file (JWT + nkey seed).
-    #[arg(long, env = "NATS_CREDS")]
+    /// NATS credentials file (JWT + nkey seed), e.g. from `invoicer auth creds`.
+    #[arg(long, env = "NATS_CREDS", conflicts_with = "nats_user")]
     pub nats_creds: Option<PathBuf>,
-    /// Inbox prefix for replies, e.g. `_INBOX_acme`; `nats.conf` lets each user read only its own.
+    /// Inbox prefix for replies. Default: the one the credentials may subscribe to
+    /// (`_INBOX_<role>`, `_INBOX_tenant_<tenant>`), or for NATS_USER `_INBOX_<user>` if it is a
+    /// role's name and `_INBOX_tenant_<user>` otherwise; `_INBOX` without credentials.
     #[arg(long, env = "NATS_INBOX_PREFIX")]
     pub nats_inbox_prefix: Option<String>,
 }
@@ -53,23 +55,49 @@ impl NatsArgs {
     }
 }
 
+/// How the JetStream streams are created (by `run` and `migrate`).
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Copies of each stream on a JetStream cluster (1 on a single server; 3 on a 3-node cluster).
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_stream_replicas: u8,
+}
+
+impl Default for StreamArgs {
+    fn default() -> Self {
+        StreamArgs {
+            nats_stream_replicas: 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Tenants priced and written per database transaction.
+    /// Tenants per rollup work item, priced and written in one database transaction.
     #[arg(long, env = "ROLLUP_BATCH_SIZE", default_value_t = crate::rollup::DEFAULT_BATCH_SIZE)]
     pub rollup_batch_size: i64,
+    /// Rollup work items this replica works at once.
+    #[arg(long, env = "ROLLUP_CONCURRENCY", default_value_t = DEFAULT_ROLLUP_CONCURRENCY)]
+    pub rollup_concurrency: usize,
     /// Request-reply requests handled at once (bounded below the pool size).
     #[arg(long, env = "SERVICE_CONCURRENCY", default_value_t = 8)]
     pub service_concurrency: usize,
     #[command(flatten)]
+    pub streams: StreamArgs,
+    #[command(flatten)]
     pub seller: SellerArgs,
 }
+
+pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
 
 impl Default for WorkerArgs {
     fn default() -> Self {
         WorkerArgs {
             rollup_batch_size: crate::rollup::DEFAULT_BATCH_SIZE,
+            rollup_concurrency: DEFAULT_ROLLUP_CONCURRENCY,
             service_concurrency: 8,
+            streams: StreamArgs::default(),
             seller: SellerArgs::default(),
         }
     }

@@ -17,6 +17,7 @@
 //! | [`rollup`] | a rollup's lifecycle: tenants, batches, what one transaction holds |
 //! | [`api`] | the request-reply endpoints, independent of the transport |
 //! | [`bus`] | NATS: streams, consumers, the outbox relay, the micro service |
+//! | [`auth`] | NATS operator mode: role permissions, JWTs, credentials, revocation |
 //! | [`worker`] | `invoicer run`: the parts above, supervised |
 //! | [`client`], [`render`], [`demo`], [`cli`] | the command line and what it prints |
 //! | [`config`], [`telemetry`] | settings and logging |
@@ -24,6 +25,8 @@
 //! Arrows point one way: `cli` → `worker` → `bus` → `api`/`rollup` → `store` → the pure core.
 pub mod abn;
 pub mod api;
+pub mod auth;
+pub mod bench;
 pub mod bus;
 pub mod catalog;
 pub mod cli;

@@ -1,20 +1,29 @@
-//! `invoicer run`: migrations, streams, the two consumers, the outbox relay and the service,
-//! all stopped by one cancellation token (SIGINT/SIGTERM in the binary).
+//! `invoicer run`: migrations, streams, and the worker's parts (the rollup-request, work-queue
+//! and usage consumers, the request-reply service and the outbox relay), supervised.
+//!
+//! The parts run in one `JoinSet`. The first to end while the worker should be running (an
+//! error, a panic, or a loop that simply returned) cancels the others and the process exits
+//! non-zero: a worker never runs without one of its parts. On SIGINT/SIGTERM the producers stop
+//! taking work and finish what they hold (an item, a usage batch, a request), then the relay
+//! publishes what they committed, and only then does the process exit.
 
 use crate::bus::{
     self, relay::Relay, rollups::RollupConsumer, service::Service, usage::UsageConsumer,
+    work::WorkConsumer,
 };
-use crate::config::{DbArgs, NatsArgs, WorkerArgs};
+use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
 use crate::store;
-use anyhow::Context;
+use anyhow::{anyhow, Context};
 use std::sync::Arc;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Connects, migrates and ensures the streams: what `run` and `migrate` share.
 pub async fn prepare(
     db: &DbArgs,
     nats: &NatsArgs,
+    streams: &StreamArgs,
     name: &str,
 ) -> anyhow::Result<(sqlx::PgPool, async_nats::Client)> {
     let pool = store::connect(&db.database_url, db.database_max_connections)
@@ -22,80 +31,129 @@ pub async fn prepare(
         .context("connecting to PostgreSQL")?;
     store::migrate(&pool).await.context("applying migrations")?;
     let client = bus::connect(nats, name).await?;
-    bus::ensure_streams(&async_nats::jetstream::new(client.clone())).await?;
+    bus::ensure_streams(
+        &async_nats::jetstream::new(client.clone()),
+        usize::from(streams.nats_stream_replicas),
+    )
+    .await?;
     Ok((pool, client))
 }
 
-/// Runs the worker until `shutdown` is cancelled, then drains: the current rollup batch
-/// commits (and its message is released), in-flight requests are answered, and the relay
-/// publishes what is committed.
+type Part = (&'static str, anyhow::Result<()>);
+
+/// Runs the worker until `shutdown` is cancelled or one of its parts stops.
 pub async fn run(
     db: &DbArgs,
     nats: &NatsArgs,
     args: &WorkerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Before connecting: a seller that cannot make a tax invoice stops the worker at start.
     let seller = args.seller.seller()?.map(Arc::new);
-    let (pool, client) = prepare(db, nats, "invoicer-worker").await?;
+    let (pool, client) = prepare(db, nats, &args.streams, "invoicer-worker").await?;
     let js = async_nats::jetstream::new(client.clone());
-    let (rollup_consumer, usage_consumer) = bus::ensure_consumers(&js).await?;
+    let consumers = bus::ensure_consumers(&js).await?;
     let notify = Arc::new(Notify::new());
-    // The relay outlives the producers so their last events still go out.
+    // Cancelled by a signal or by the first part to fail; the relay has its own token so it
+    // can publish the producers' last events after they stop.
+    let stop = shutdown.child_token();
     let relay_stop = CancellationToken::new();
 
-    let rollups = tokio::spawn(
-        RollupConsumer {
-            pool: pool.clone(),
-            client: client.clone(),
-            consumer: rollup_consumer,
-            batch_size: args.rollup_batch_size,
-            relay: notify.clone(),
-            shutdown: shutdown.clone(),
-        }
-        .run(),
-    );
-    let usage = tokio::spawn(
-        UsageConsumer {
-            pool: pool.clone(),
-            consumer: usage_consumer,
-            relay: notify.clone(),
-            shutdown: shutdown.clone(),
-        }
-        .run(),
-    );
-    let relay = tokio::spawn(
-        Relay {
-            pool: pool.clone(),
-            js,
-            notify: notify.clone(),
-            shutdown: relay_stop.clone(),
-        }
-        .run(),
-    );
-    let service = tokio::spawn(
-        Service {
-            pool: pool.clone(),
-            client: client.clone(),
-            relay: notify.clone(),
-            concurrency: args.service_concurrency,
-            shutdown: shutdown.clone(),
-            seller,
-        }
-        .run(),
-    );
+    let mut parts: JoinSet<Part> = JoinSet::new();
+    let rollups = RollupConsumer {
+        pool: pool.clone(),
+        client: client.clone(),
+        js: js.clone(),
+        consumer: consumers.rollups,
+        batch_size: args.rollup_batch_size,
+        relay: notify.clone(),
+        shutdown: stop.clone(),
+    };
+    parts.spawn(async move { ("rollup-request consumer", rollups.run().await) });
+    let work = WorkConsumer {
+        pool: pool.clone(),
+        client: client.clone(),
+        consumer: consumers.work,
+        concurrency: args.rollup_concurrency,
+        worker_id: bus::work::worker_id(),
+        relay: notify.clone(),
+        shutdown: stop.clone(),
+    };
+    parts.spawn(async move { ("work-queue consumer", work.run().await) });
+    let usage = UsageConsumer {
+        pool: pool.clone(),
+        consumer: consumers.usage,
+        relay: notify.clone(),
+        shutdown: stop.clone(),
+    };
+    parts.spawn(async move { ("usage consumer", usage.run().await) });
+    let service = Service {
+        pool: pool.clone(),
+        client: client.clone(),
+        relay: notify.clone(),
+        concurrency: args.service_concurrency,
+        shutdown: stop.clone(),
+        seller,
+    };
+    parts.spawn(async move { ("service", service.run().await) });
+    let relay = Relay {
+        pool: pool.clone(),
+        js,
+        notify: notify.clone(),
+        shutdown: relay_stop.clone(),
+    };
+    let mut relay = tokio::spawn(relay.run());
     tracing::info!("worker running");
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    let _ = rollups.await;
-    let _ = usage.await;
-    let service_result = service.await;
+
+    let mut failure: Option<anyhow::Error> = None;
+    tokio::select! {
+        _ = stop.cancelled() => tracing::info!("shutting down"),
+        Some(joined) = parts.join_next() => {
+            failure = Some(stopped(joined));
+            stop.cancel();
+        }
+        joined = &mut relay => {
+            failure = Some(stopped(joined.map(|r| ("outbox relay", r))));
+            stop.cancel();
+        }
+    }
+    while let Some(joined) = parts.join_next().await {
+        if let Err(e) = joined_result(joined) {
+            failure.get_or_insert(e);
+        }
+    }
     relay_stop.cancel();
-    let _ = relay.await;
+    if !relay.is_finished() {
+        if let Err(e) = joined_result(relay.await.map(|r| ("outbox relay", r))) {
+            failure.get_or_insert(e);
+        }
+    }
     client.flush().await.ok();
     pool.close().await;
-    tracing::info!("worker stopped");
-    match service_result {
-        Ok(r) => r,
-        Err(e) => Err(anyhow::anyhow!("service task panicked: {e}")),
+    match failure {
+        Some(e) => {
+            tracing::error!(error = %format!("{e:#}"), "worker stopped because a part stopped");
+            Err(e)
+        }
+        None => {
+            tracing::info!("worker stopped");
+            Ok(())
+        }
+    }
+}
+
+/// A part that ended while it should have been running: its error, or that it ended at all.
+fn stopped(joined: Result<Part, tokio::task::JoinError>) -> anyhow::Error {
+    match joined_result(joined) {
+        Err(e) => e,
+        Ok(name) => anyhow!("the {name} stopped unexpectedly"),
+    }
+}
+
+fn joined_result(joined: Result<Part, tokio::task::JoinError>) -> anyhow::Result<&'static str> {
+    match joined {
+        Ok((name, Ok(()))) => Ok(name),
+        Ok((name, Err(e))) => Err(e.context(format!("the {name} failed"))),
+        Err(e) => Err(anyhow!("a worker part panicked: {e}")),
     }
 }

@@ -1,172 +1,109 @@
-//! The project's `nats.conf` against a real `nats-server`: each user may do what its role needs
-//! and nothing else (CONTRACT.md section 7), and the worker runs end to end under its own
-//! restricted user.
+//! Who may do what on a real `nats-server` (CONTRACT.md section 7), in both of the project's
+//! authentication modes: `nats.conf`'s static users, and operator mode with credentials issued
+//! by `invoicer auth` (`src/auth`). Each test of the role matrix runs once per mode
+//! (`<test>::with_nats_conf`, `<test>::with_issued_credentials`): each user may do what its role
+//! needs and nothing else, and the worker runs end to end under its own restricted user.
 //!
 //! A refusal is proved by the server's own word: the `-ERR 'Permissions Violation ...'` it sends
 //! the offending connection, which async-nats reports through the event callback.
 
 mod common;
 
-use async_nats::{jetstream, ConnectOptions, Event, Request, RequestErrorKind, ServerError};
+use async_nats::{ConnectOptions, Request, RequestErrorKind};
+use common::operator::{role, Operator};
+use common::users::{Login, User};
 use common::*;
 use futures::{FutureExt, StreamExt};
+use invoicer::auth::Role;
+use invoicer::catalog::TenantId;
 use invoicer::client::{call, call_raw, request_rollup};
 use invoicer::config::{NatsArgs, WorkerArgs};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 const CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nats.conf");
 const APRIL: &str = "2026-04-01";
 
-/// The demo password of a `nats.conf` user.
-fn password(user: &str) -> String {
-    format!("{user}-secret")
+/// How the users log in.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `nats.conf`'s users and demo passwords.
+    Static,
+    /// Credentials issued by `invoicer auth creds` against `nats-operator.conf`.
+    Operator,
 }
 
-/// The permissions violations the server reported to one connection, in order.
-struct Violations(mpsc::UnboundedReceiver<String>);
-
-impl Violations {
-    /// Waits, with a deadline, until the server has reported each of `violations` (e.g.
-    /// `Publish to "billing.quote"`), in any order. Any other violation fails the test.
-    async fn expect(&mut self, violations: &[String]) {
-        let mut wanted: Vec<String> = violations
-            .iter()
-            .map(|v| format!("Permissions Violation for {v}"))
-            .collect();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !wanted.is_empty() {
-            match tokio::time::timeout_at(deadline, self.0.recv()).await {
-                Ok(Some(error)) => match wanted.iter().position(|w| *w == error) {
-                    Some(i) => drop(wanted.swap_remove(i)),
-                    None => panic!("unexpected server error: {error} (waiting for {wanted:?})"),
-                },
-                Ok(None) => panic!("the connection closed before the server reported {wanted:?}"),
-                Err(_) => panic!("the server did not report {wanted:?}"),
+/// Runs a role-matrix test once per mode.
+macro_rules! in_both_modes {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test]
+            async fn with_nats_conf() {
+                super::$test(super::Mode::Static).await
+            }
+            #[tokio::test]
+            async fn with_issued_credentials() {
+                super::$test(super::Mode::Operator).await
             }
         }
-    }
+    };
+}
 
-    /// Everything reported so far and not awaited.
-    fn unexpected(&mut self) -> Vec<String> {
-        std::iter::from_fn(|| self.0.try_recv().ok()).collect()
+/// How a user of `role` logs in: its `nats.conf` user (named after the role, or the tenant's
+/// id) and password, or new credentials issued for it.
+fn login(operator: Option<&Operator>, role: &Role) -> Login {
+    match operator {
+        None => Login::password(&role.tenant().map_or(role.label(), |t| t.to_string())),
+        Some(op) => Login::Creds(op.creds(role)),
     }
 }
 
-/// A connection as one `nats.conf` user, with its own inbox prefix `_INBOX_<user>`.
-struct User {
-    client: async_nats::Client,
-    violations: Violations,
-}
-
-impl User {
-    async fn connect(server: &NatsServer, user: &str) -> User {
-        Self::connect_with_inbox(server, user, &format!("_INBOX_{user}")).await
-    }
-
-    async fn connect_with_inbox(server: &NatsServer, user: &str, inbox: &str) -> User {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let client = ConnectOptions::new()
-            .user_and_password(user.into(), password(user))
-            .custom_inbox_prefix(inbox)
-            .event_callback(move |event| {
-                let tx = tx.clone();
-                async move {
-                    if let Event::ServerError(ServerError::Other(error)) = event {
-                        let _ = tx.send(error);
-                    }
-                }
-            })
-            .connect(&server.url)
-            .await
-            .unwrap_or_else(|e| panic!("{user} could not log in: {e}"));
-        User {
-            client,
-            violations: Violations(rx),
-        }
-    }
-
-    fn js(&self) -> jetstream::Context {
-        jetstream::new(self.client.clone())
-    }
-
-    /// Requests the server must refuse to forward: it reports a violation for each, and none
-    /// gets any reply (not even "no responders", which would mean it was routed). The requests
-    /// go out together, so they share one reply deadline.
-    async fn requests_refused(&mut self, subjects: &[&str]) {
-        let requests = subjects.iter().map(|subject| {
-            let request = Request::new()
-                .payload("{}".into())
-                .timeout(Some(Duration::from_secs(2)));
-            self.client.send_request(subject.to_string(), request)
-        });
-        let expected: Vec<String> = subjects
-            .iter()
-            .map(|s| format!("Publish to \"{s}\""))
-            .collect();
-        let (replies, ()) = tokio::join!(
-            futures::future::join_all(requests),
-            self.violations.expect(&expected),
-        );
-        for (subject, reply) in subjects.iter().zip(replies) {
-            let error = reply.expect_err("a refused request got a reply");
-            assert_eq!(
-                error.kind(),
-                RequestErrorKind::TimedOut,
-                "{subject}: {error}"
-            );
-        }
-    }
-
-    /// A subscription the server must refuse.
-    async fn subscribe_refused(&mut self, subject: &str) -> async_nats::Subscriber {
-        let subscriber = self.client.subscribe(subject.to_string()).await.unwrap();
-        self.violations
-            .expect(&[format!("Subscription to \"{subject}\"")])
-            .await;
-        subscriber
-    }
-
-    /// Plain publishes the server must refuse.
-    async fn publishes_refused(&mut self, subjects: &[&str]) {
-        for subject in subjects {
-            self.client
-                .publish(subject.to_string(), "{}".into())
-                .await
-                .unwrap();
-        }
-        let expected: Vec<String> = subjects
-            .iter()
-            .map(|s| format!("Publish to \"{s}\""))
-            .collect();
-        self.violations.expect(&expected).await;
-    }
-}
-
-/// A private nats-server with `nats.conf`, a fresh database, the worker running as the `worker`
-/// user, and the admin connected.
+/// A private nats-server in `mode`, a fresh database, the worker running as the worker user
+/// (with the inbox prefix it derives itself), and the admin connected.
 struct Env {
     server: NatsServer,
     db: TestDb,
     worker: Worker,
     admin: User,
+    operator: Option<Operator>,
+    /// How the server's log names the worker's connections: `User "worker"` or
+    /// `JWT User "U..."`.
+    worker_in_log: String,
 }
 
 impl Env {
-    async fn start() -> Env {
-        let server = NatsServer::start_logged(Path::new(CONF));
-        let db = TestDb::new().await;
-        let admin = User::connect(&server, "admin").await;
-        let nats = NatsArgs {
-            nats_url: server.url.clone(),
-            nats_user: Some("worker".into()),
-            nats_password: Some(password("worker")),
-            nats_creds: None,
-            nats_inbox_prefix: Some("_INBOX_worker".into()),
+    async fn start(mode: Mode) -> Env {
+        let (server, operator) = match mode {
+            Mode::Static => (NatsServer::start_logged(Path::new(CONF)), None),
+            Mode::Operator => {
+                let operator = Operator::init();
+                (operator.start_server(), Some(operator))
+            }
         };
+        let db = TestDb::new().await;
+        let mut nats = NatsArgs::local(&server.url);
+        let worker_in_log = match &operator {
+            None => {
+                nats.nats_user = Some("worker".into());
+                nats.nats_password = Some("worker-secret".into());
+                "User \"worker\"".to_string()
+            }
+            Some(op) => {
+                let issued = op.auth.issue(&Role::Worker, None).unwrap();
+                let path = op.auth.root().join("worker.creds");
+                std::fs::write(&path, &issued.creds).unwrap();
+                nats.nats_creds = Some(path);
+                format!("JWT User \"{}\"", issued.public_key)
+            }
+        };
+        let admin = User::connect(
+            &server,
+            &login(operator.as_ref(), &Role::Admin),
+            &Role::Admin.inbox_prefix(),
+        )
+        .await;
         let worker =
             Worker::start_probed(db.args(), nats, WorkerArgs::default(), &admin.client).await;
         Env {
@@ -174,7 +111,18 @@ impl Env {
             db,
             worker,
             admin,
+            operator,
+            worker_in_log,
         }
+    }
+
+    fn login(&self, role: &Role) -> Login {
+        login(self.operator.as_ref(), role)
+    }
+
+    /// A connection as a user of `role`, on its own inbox prefix.
+    async fn user(&self, role: &Role) -> User {
+        User::connect(&self.server, &self.login(role), &role.inbox_prefix()).await
     }
 
     /// Stops the worker (it must shut down cleanly) and checks, in the server's log, that the
@@ -186,9 +134,14 @@ impl Env {
             log.contains("Server is ready"),
             "the server log is not being written: {log}"
         );
-        let refused: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("Violation") && l.contains("User \"worker\""))
+        let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+        // Every violation names its user as the filter below expects, so it cannot miss one.
+        for line in &violations {
+            assert!(line.contains(" User \""), "unexpected log format: {line}");
+        }
+        let refused: Vec<&&str> = violations
+            .iter()
+            .filter(|l| l.contains(&self.worker_in_log))
             .collect();
         assert!(refused.is_empty(), "the worker was refused: {refused:#?}");
     }
@@ -200,22 +153,22 @@ async fn anonymous_and_wrong_passwords_are_refused() {
     let anonymous = async_nats::connect(&server.url).await;
     assert!(anonymous.is_err(), "an anonymous client was let in");
     let wrong = ConnectOptions::new()
-        .user_and_password("acme".into(), password("globex"))
+        .user_and_password("acme".into(), "globex-secret".into())
         .connect(&server.url)
         .await;
     assert!(wrong.is_err(), "acme logged in with globex's password");
     let acme = ConnectOptions::new()
-        .user_and_password("acme".into(), password("acme"))
+        .user_and_password("acme".into(), "acme-secret".into())
         .connect(&server.url)
         .await;
     assert!(acme.is_ok(), "acme could not log in: {:?}", acme.err());
 }
 
-#[tokio::test]
-async fn a_tenant_can_neither_ask_for_nor_overhear_another_tenants_data() {
-    let env = Env::start().await;
-    let mut acme = User::connect(&env.server, "acme").await;
-    let mut globex = User::connect(&env.server, "globex").await;
+in_both_modes!(a_tenant_can_neither_ask_for_nor_overhear_another_tenants_data);
+async fn a_tenant_can_neither_ask_for_nor_overhear_another_tenants_data(mode: Mode) {
+    let env = Env::start(mode).await;
+    let mut acme = env.user(&role("acme")).await;
+    let mut globex = env.user(&role("globex")).await;
 
     // Its own subjects work, so the refusals below are the permissions, not a missing service.
     load_seed_catalog(&env.admin.client).await;
@@ -250,7 +203,7 @@ async fn a_tenant_can_neither_ask_for_nor_overhear_another_tenants_data() {
     .await;
 
     // Overhearing: globex's replies, everyone's default inbox, globex's requests, the events.
-    let mut their_inbox = acme.subscribe_refused("_INBOX_globex.>").await;
+    let mut their_inbox = acme.subscribe_refused("_INBOX_tenant_globex.>").await;
     let mut all_inboxes = acme.subscribe_refused("_INBOX.>").await;
     let mut their_requests = acme.subscribe_refused("billing.tenant.globex.>").await;
     let mut events = acme.subscribe_refused("billing.>").await;
@@ -265,7 +218,7 @@ async fn a_tenant_can_neither_ask_for_nor_overhear_another_tenants_data() {
     // A round trip to the server: anything it had routed to acme has been received by now.
     acme.client.flush().await.unwrap();
     for (name, sub) in [
-        ("_INBOX_globex.>", &mut their_inbox),
+        ("_INBOX_tenant_globex.>", &mut their_inbox),
         ("_INBOX.>", &mut all_inboxes),
         ("billing.tenant.globex.>", &mut their_requests),
         ("billing.>", &mut events),
@@ -275,7 +228,7 @@ async fn a_tenant_can_neither_ask_for_nor_overhear_another_tenants_data() {
     }
 
     // Without its own inbox prefix a tenant gets no replies at all: `_INBOX.>` is nobody's.
-    let mut default_inbox = User::connect_with_inbox(&env.server, "acme", "_INBOX").await;
+    let mut default_inbox = User::connect(&env.server, &env.login(&role("acme")), "_INBOX").await;
     let request = Request::new()
         .payload("{}".into())
         .timeout(Some(Duration::from_secs(2)));
@@ -302,10 +255,10 @@ async fn a_tenant_can_neither_ask_for_nor_overhear_another_tenants_data() {
     env.finish().await;
 }
 
-#[tokio::test]
-async fn the_admin_calls_admin_subjects_and_reads_but_cannot_change_the_streams() {
-    let env = Env::start().await;
-    let mut admin = User::connect(&env.server, "admin").await;
+in_both_modes!(the_admin_calls_admin_subjects_and_reads_but_cannot_change_the_streams);
+async fn the_admin_calls_admin_subjects_and_reads_but_cannot_change_the_streams(mode: Mode) {
+    let env = Env::start(mode).await;
+    let mut admin = env.user(&role("admin")).await;
 
     load_seed_catalog(&admin.client).await;
     let tenant = call(
@@ -397,11 +350,11 @@ async fn the_admin_calls_admin_subjects_and_reads_but_cannot_change_the_streams(
     env.finish().await;
 }
 
-#[tokio::test]
-async fn the_producers_publish_only_their_own_subject() {
-    let env = Env::start().await;
-    let mut scheduler = User::connect(&env.server, "scheduler").await;
-    let mut metering = User::connect(&env.server, "metering").await;
+in_both_modes!(the_producers_publish_only_their_own_subject);
+async fn the_producers_publish_only_their_own_subject(mode: Mode) {
+    let env = Env::start(mode).await;
+    let mut scheduler = env.user(&role("scheduler")).await;
+    let mut metering = env.user(&role("metering")).await;
 
     // Each may publish its one subject to JetStream and gets the stream's ack.
     request_rollup(
@@ -456,9 +409,9 @@ async fn the_producers_publish_only_their_own_subject() {
     env.finish().await;
 }
 
-#[tokio::test]
-async fn the_worker_bills_end_to_end_under_its_own_user() {
-    let env = Env::start().await;
+in_both_modes!(the_worker_bills_end_to_end_under_its_own_user);
+async fn the_worker_bills_end_to_end_under_its_own_user(mode: Mode) {
+    let env = Env::start(mode).await;
     let admin = &env.admin;
     let admin_js = admin.js();
     let deployment = Uuid::new_v4();
@@ -485,7 +438,7 @@ async fn the_worker_bills_end_to_end_under_its_own_user() {
     .unwrap();
 
     // April's usage, as metering: 2 droplets x 30 days x 24h = 1440 droplet-hours, all included.
-    let metering = User::connect(&env.server, "metering").await;
+    let metering = env.user(&role("metering")).await;
     let records: Vec<Value> = (0..60)
         .map(|i| {
             json!({"event_id": Uuid::new_v4(), "deployment_id": deployment,
@@ -502,7 +455,7 @@ async fn the_worker_bills_end_to_end_under_its_own_user() {
         .await
         .unwrap();
     admin.client.flush().await.unwrap();
-    let scheduler = User::connect(&env.server, "scheduler").await;
+    let scheduler = env.user(&role("scheduler")).await;
     let request_id = Uuid::new_v4().to_string();
     request_rollup(
         &scheduler.js(),
@@ -540,7 +493,7 @@ async fn the_worker_bills_end_to_end_under_its_own_user() {
     );
 
     // acme reads its own invoice...
-    let acme = User::connect(&env.server, "acme").await;
+    let acme = env.user(&role("acme")).await;
     let mine = call(
         &acme.client,
         "billing.tenant.acme.invoices.list",
@@ -566,7 +519,7 @@ async fn the_worker_bills_end_to_end_under_its_own_user() {
     assert!(!full["lines"].as_array().unwrap().is_empty(), "{full}");
 
     // ...which globex, asking on its own subject, cannot see.
-    let globex = User::connect(&env.server, "globex").await;
+    let globex = env.user(&role("globex")).await;
     let theirs = call_raw(
         &globex.client,
         "billing.tenant.globex.invoices.get",
@@ -599,5 +552,83 @@ async fn the_worker_bills_end_to_end_under_its_own_user() {
         })
         .await;
     }
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn anonymous_and_foreign_credentials_are_refused_in_operator_mode() {
+    let operator = Operator::init();
+    let server = operator.start_server();
+    let anonymous = async_nats::connect(&server.url).await;
+    assert!(anonymous.is_err(), "an anonymous client was let in");
+    // A user of another operator's billing account: its signer is not one this server trusts.
+    let stranger = Operator::init();
+    let foreign = Login::Creds(stranger.creds(&Role::Admin))
+        .options()
+        .connect(&server.url)
+        .await;
+    assert!(foreign.is_err(), "a foreign user was let in");
+    // The same role issued by this server's operator is let in.
+    let own = Login::Creds(operator.creds(&Role::Admin))
+        .options()
+        .connect(&server.url)
+        .await;
+    assert!(own.is_ok(), "the admin could not log in: {:?}", own.err());
+}
+
+#[tokio::test]
+async fn a_tenant_called_admin_cannot_read_the_admins_replies() {
+    let env = Env::start(Mode::Operator).await;
+    let tenant_admin = Role::Tenant(TenantId::parse("admin").unwrap());
+    assert_eq!(tenant_admin.inbox_prefix(), "_INBOX_tenant_admin");
+    let mut tenant = env.user(&tenant_admin).await;
+    load_seed_catalog(&env.admin.client).await;
+    let own = call(
+        &tenant.client,
+        "billing.tenant.admin.invoices.list",
+        &json!({}),
+    )
+    .await;
+    assert_eq!(own.unwrap()["invoices"], json!([]));
+
+    // The admin role's inbox is not the tenant's: subscribing to it is refused...
+    let mut sniffer = tenant.subscribe_refused("_INBOX_admin.>").await;
+    let listed = call(&env.admin.client, "billing.admin.invoices.list", &json!({})).await;
+    assert_eq!(listed.unwrap()["invoices"], json!([]));
+    tenant.client.flush().await.unwrap();
+    let leaked = sniffer.next().now_or_never();
+    assert!(
+        leaked.is_none(),
+        "tenant admin overheard the admin: {leaked:?}"
+    );
+    // ...and so are the admin's subjects.
+    tenant
+        .requests_refused(&["billing.admin.invoices.list", "$SRV.PING.invoicer"])
+        .await;
+    assert_eq!(tenant.violations.unexpected(), Vec::<String>::new());
+
+    // With v1's prefix (`_INBOX_<tenant>` = `_INBOX_admin`) it gets no reply at all.
+    let mut old_scheme =
+        User::connect(&env.server, &env.login(&tenant_admin), "_INBOX_admin").await;
+    let request = Request::new()
+        .payload("{}".into())
+        .timeout(Some(Duration::from_secs(2)));
+    let (reply, ()) = tokio::join!(
+        old_scheme
+            .client
+            .send_request("billing.tenant.admin.invoices.list".to_string(), request),
+        async {
+            let error =
+                tokio::time::timeout(Duration::from_secs(10), old_scheme.violations.0.recv())
+                    .await
+                    .expect("the server reported the inbox subscription")
+                    .unwrap();
+            assert!(
+                error.starts_with("Permissions Violation for Subscription to \"_INBOX_admin."),
+                "{error}"
+            );
+        },
+    );
+    assert_eq!(reply.unwrap_err().kind(), RequestErrorKind::TimedOut);
     env.finish().await;
 }

@@ -6,6 +6,7 @@ pub mod relay;
 pub mod rollups;
 pub mod service;
 pub mod usage;
+pub mod work;
 
 use crate::config::NatsArgs;
 use anyhow::Context;
@@ -23,6 +24,17 @@ pub const ROLLUP_PROGRESS: &str = "billing.rollup.progress";
 pub const USAGE_RECORDED: &str = "metering.usage.recorded";
 pub const ROLLUPS_CONSUMER: &str = "invoicer-rollups";
 pub const USAGE_CONSUMER: &str = "invoicer-usage";
+/// The work queue that splits a rollup across replicas (internal, worker only).
+pub const WORK_STREAM: &str = "BILLING_WORK";
+pub const WORK_SUBJECTS: &str = "billing.internal.>";
+/// One message per rollup work item: `{"request_id", "item"}`.
+pub const WORK_ITEM: &str = "billing.internal.rollup.work";
+pub const WORK_CONSUMER: &str = "invoicer-work";
+/// How long a work item may go without an ack or an in-progress signal before another replica
+/// gets it. Workers signal progress every [`WORK_PROGRESS_EVERY`], so only a dead (or wedged)
+/// replica's items move, within this bound.
+pub const WORK_ACK_WAIT: Duration = Duration::from_secs(10);
+pub const WORK_PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
 /// Connects with the configured credentials and inbox prefix.
 pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -38,16 +50,25 @@ pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::
                 _ => tracing::info!(%event, "nats connection event"),
             }
         });
+    let mut default_inbox = None;
     if let Some(path) = &args.nats_creds {
-        opts = opts
-            .credentials_file(path)
+        let creds = tokio::fs::read_to_string(path)
             .await
             .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+        opts = opts
+            .credentials(&creds)
+            .with_context(|| format!("reading NATS credentials {}", path.display()))?;
+        // A file whose JWT we cannot read keeps the library's `_INBOX`; the server decides.
+        default_inbox = crate::auth::claims::creds_subscribe_allow(&creds)
+            .ok()
+            .and_then(|allow| crate::auth::roles::inbox_prefix_allowed(&allow));
     }
     if let (Some(user), Some(pass)) = (&args.nats_user, &args.nats_password) {
         opts = opts.user_and_password(user.clone(), pass.clone());
+        default_inbox = crate::auth::roles::inbox_prefix_for_user(user);
     }
-    if let Some(prefix) = &args.nats_inbox_prefix {
+    // Restricted users may subscribe only to their own prefix (CONTRACT.md section 7).
+    if let Some(prefix) = args.nats_inbox_prefix.as_ref().or(default_inbox.as_ref()) {
         opts = opts.custom_inbox_prefix(prefix);
     }
     opts.connect(&args.nats_url)
@@ -55,7 +76,7 @@ pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::
         .with_context(|| format!("connecting to NATS at {}", args.nats_url))
 }
 
-fn stream_configs() -> [stream::Config; 3] {
+fn stream_configs(replicas: usize) -> [stream::Config; 4] {
     let day = Duration::from_secs(86_400);
     [
         stream::Config {
@@ -89,12 +110,28 @@ fn stream_configs() -> [stream::Config; 3] {
             storage: stream::StorageType::File,
             ..Default::default()
         },
+        stream::Config {
+            name: WORK_STREAM.into(),
+            subjects: vec![WORK_SUBJECTS.into()],
+            // Each item is delivered to one replica and removed once acked.
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_age: 7 * day,
+            // A redelivered request republishes its items; the window drops the repeats.
+            duplicate_window: Duration::from_secs(3600),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        },
     ]
+    .map(|c| stream::Config {
+        num_replicas: replicas,
+        ..c
+    })
 }
 
-/// Creates the three streams if missing (idempotent; an existing stream is left as it is).
-pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
-    for config in stream_configs() {
+/// Creates the streams if missing, with `replicas` copies each on a cluster (idempotent; an
+/// existing stream is left as it is).
+pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
+    for config in stream_configs(replicas) {
         let name = config.name.clone();
         js.get_or_create_stream(config)
             .await
@@ -105,11 +142,10 @@ pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
 
 /// The durable pull consumers the worker reads. Retries are paced by explicit `Nak` delays
 /// rather than a consumer `backoff`, which on 2.9 would also shorten `ack_wait` for long work.
-pub async fn ensure_consumers(
-    js: &jetstream::Context,
-) -> anyhow::Result<(PullConsumer, PullConsumer)> {
+pub async fn ensure_consumers(js: &jetstream::Context) -> anyhow::Result<Consumers> {
     let rollups = js.get_stream(ROLLUPS_STREAM).await?;
     let usage = js.get_stream(USAGE_STREAM).await?;
+    let work = js.get_stream(WORK_STREAM).await?;
     let rollup_consumer = rollups
         .get_or_create_consumer(
             ROLLUPS_CONSUMER,
@@ -135,5 +171,27 @@ pub async fn ensure_consumers(
             },
         )
         .await?;
-    Ok((rollup_consumer, usage_consumer))
+    let work_consumer = work
+        .get_or_create_consumer(
+            WORK_CONSUMER,
+            pull::Config {
+                durable_name: Some(WORK_CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: WORK_ACK_WAIT,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(Consumers {
+        rollups: rollup_consumer,
+        usage: usage_consumer,
+        work: work_consumer,
+    })
+}
+
+pub struct Consumers {
+    pub rollups: PullConsumer,
+    pub usage: PullConsumer,
+    pub work: PullConsumer,
 }

@@ -22,7 +22,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub async fn run(self) {
+    pub async fn run(self) -> anyhow::Result<()> {
         loop {
             let published = match self.round().await {
                 Ok(n) => n,
@@ -43,6 +43,7 @@ impl Relay {
             }
         }
         tracing::info!("outbox relay stopped");
+        Ok(())
     }
 
     /// Publishes one claimed batch; returns how many were published.

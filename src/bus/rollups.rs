@@ -1,12 +1,16 @@
-//! The rollup-request consumer: one request at a time, acked after its rollup completes.
+//! The rollup-request consumer. A request is planned (its tenants listed once and split into
+//! work items, see `crate::rollup`), its pending items are published on the `BILLING_WORK`
+//! queue for every replica to share (`bus::work`), and then it is acked: the request is done
+//! when its items are queued, not when they are worked. A redelivered request finds its run
+//! planned and republishes the items still pending; the queue's msg-id window drops repeats
+//! and a done item is a no-op.
 
 use super::ack::{ack_for, backoff, delivered, settle};
-use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED};
+use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED, WORK_ITEM};
 use crate::error::Error;
-use crate::rollup::{Outcome, Rollup};
 use crate::store::{self, outbox::Event};
 use crate::wire::{self, RollupRequest, RollupRequestDto};
-use async_nats::jetstream::{consumer::PullConsumer, message::Message, AckKind};
+use async_nats::jetstream::{self, consumer::PullConsumer, message::Message, AckKind};
 use futures::StreamExt;
 use serde_json::json;
 use sqlx::PgPool;
@@ -22,17 +26,23 @@ const REJECT_ECHO_BYTES: usize = 4096;
 pub struct RollupConsumer {
     pub pool: PgPool,
     pub client: async_nats::Client,
+    pub js: jetstream::Context,
     pub consumer: PullConsumer,
     pub batch_size: i64,
     pub relay: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
 
+/// A work item's message body.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkItem {
+    pub request_id: String,
+    pub item: i32,
+}
+
 impl RollupConsumer {
-    pub async fn run(self) {
+    pub async fn run(self) -> anyhow::Result<()> {
         while !self.shutdown.is_cancelled() {
-            // One request at a time and no prefetch: a rollup may take a while and prefetched
-            // requests would sit unacked, timing out behind it.
             let batch = self
                 .consumer
                 .batch()
@@ -54,6 +64,7 @@ impl RollupConsumer {
             }
         }
         tracing::info!("rollup consumer stopped");
+        Ok(())
     }
 
     async fn handle(&self, msg: Message) {
@@ -65,42 +76,22 @@ impl RollupConsumer {
             request_id = tracing::field::Empty
         );
         async {
-            let parsed = wire::parse::<RollupRequestDto>(&msg.payload).and_then(RollupRequest::try_from);
+            let parsed =
+                wire::parse::<RollupRequestDto>(&msg.payload).and_then(RollupRequest::try_from);
             let req = match parsed {
                 Ok(req) => req,
                 Err(e) => return self.reject(&msg, seq, &e).await,
             };
-            let key = req.request_id.clone().unwrap_or_else(|| format!("seq-{seq}"));
+            let key = req
+                .request_id
+                .clone()
+                .unwrap_or_else(|| format!("seq-{seq}"));
             tracing::Span::current().record("request_id", key.as_str());
-
-            let ticker = self.progress_ticker(&msg);
-            let client = self.client.clone();
-            let progress_key = key.clone();
-            let rollup = Rollup {
-                pool: &self.pool,
-                batch_size: self.batch_size,
-                shutdown: self.shutdown.clone(),
-            };
-            let relay = self.relay.clone();
-            let result = rollup
-                .run(&key, &req, move |p| {
-                    relay.notify_one();
-                    let client = client.clone();
-                    let body = json!({"request_id": progress_key, "tenants_done": p.tenants_done, "tenants_total": p.tenants_total});
-                    tokio::spawn(async move {
-                        let _ = client.publish(ROLLUP_PROGRESS, body.to_string().into()).await;
-                    });
-                })
-                .await;
-            ticker.cancel();
-            self.relay.notify_one();
-            match result {
-                Ok(Outcome::Completed(_)) => settle(&msg, AckKind::Ack).await,
-                // Shutting down: hand the rest to another replica now, not after ack_wait.
-                Ok(Outcome::Interrupted) => settle(&msg, AckKind::Nak(None)).await,
+            match self.dispatch(&key, &req).await {
+                Ok(()) => settle(&msg, AckKind::Ack).await,
                 Err(e) => {
                     let kind = ack_for(Err(&e), attempt);
-                    tracing::error!(error = %e, ?kind, "rollup failed");
+                    tracing::error!(error = %e, ?kind, "planning the rollup failed");
                     if matches!(kind, AckKind::Term) {
                         self.reject(&msg, seq, &e).await;
                     } else {
@@ -113,26 +104,40 @@ impl RollupConsumer {
         .await
     }
 
-    /// Keeps a long rollup's message from being redelivered while it is being worked.
-    fn progress_ticker(&self, msg: &Message) -> CancellationToken {
-        let token = self.shutdown.child_token();
-        let stop = token.clone();
-        let client = self.client.clone();
-        let reply = msg.reply.clone();
-        tokio::spawn(async move {
-            let Some(reply) = reply else { return };
-            let mut every = tokio::time::interval(Duration::from_secs(10));
-            every.tick().await;
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {
-                        let _ = client.publish(reply.clone(), bytes::Bytes::from(AckKind::Progress)).await;
-                    }
-                    _ = stop.cancelled() => break,
-                }
-            }
-        });
-        token
+    /// Plans the run (first delivery) and queues its pending items.
+    async fn dispatch(&self, key: &str, req: &RollupRequest) -> Result<(), Error> {
+        let planned = crate::rollup::plan(&self.pool, key, req, self.batch_size).await?;
+        self.relay.notify_one();
+        if planned.created {
+            let progress = json!({"request_id": key, "tenants_done": 0,
+                                  "tenants_total": planned.run.tenants_total});
+            let _ = self
+                .client
+                .publish(ROLLUP_PROGRESS, progress.to_string().into())
+                .await;
+        }
+        let mut acks = Vec::with_capacity(planned.pending.len());
+        for item in planned.pending {
+            let body = serde_json::to_vec(&WorkItem {
+                request_id: key.to_string(),
+                item,
+            })
+            .map_err(|e| Error::Internal(format!("work item: {e}")))?;
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(body.into())
+                .message_id(format!("{key}:{item}"));
+            let ack = self
+                .js
+                .send_publish(WORK_ITEM, msg)
+                .await
+                .map_err(|e| Error::Transient(format!("queueing work item {item}: {e}")))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| Error::Transient(format!("work item not stored: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Answers a request that can never succeed with `billing.rollup.rejected`, then terminates it.

@@ -19,7 +19,7 @@ pub struct UsageConsumer {
 }
 
 impl UsageConsumer {
-    pub async fn run(self) {
+    pub async fn run(self) -> anyhow::Result<()> {
         while !self.shutdown.is_cancelled() {
             let batch = self
                 .consumer
@@ -46,6 +46,7 @@ impl UsageConsumer {
             }
         }
         tracing::info!("usage consumer stopped");
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(messages = messages.len()))]

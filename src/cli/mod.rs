@@ -1,11 +1,12 @@
 //! The command line: one module per command group. `main.rs` parses, sets up telemetry and
 //! calls [`Cli::run`].
 
+mod auth;
 mod invoices;
 mod quote;
 mod rollup;
 
-use crate::config::{DbArgs, NatsArgs, WorkerArgs};
+use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,8 @@ enum Command {
         db: DbArgs,
         #[command(flatten)]
         nats: NatsArgs,
+        #[command(flatten)]
+        streams: StreamArgs,
     },
     /// Publish one billing.rollup.requested.
     Rollup {
@@ -84,6 +87,13 @@ enum Command {
         period: Option<String>,
         #[command(flatten)]
         nats: NatsArgs,
+    },
+    /// Measure CONTRACT.md section 10 on a private database and nats-server; print a table.
+    Bench(crate::bench::BenchArgs),
+    /// NATS operator mode (JWT): set up, issue per-user credentials, revoke a tenant.
+    Auth {
+        #[command(subcommand)]
+        command: auth::AuthCommand,
     },
     /// The seed scenario end to end on the local services, printing the invoice.
     Demo {
@@ -146,8 +156,8 @@ impl Cli {
                 tokio::spawn(signal(shutdown.clone()));
                 crate::worker::run(&db, &nats, &worker, shutdown).await
             }
-            Command::Migrate { db, nats } => {
-                crate::worker::prepare(&db, &nats, "invoicer-migrate").await?;
+            Command::Migrate { db, nats, streams } => {
+                crate::worker::prepare(&db, &nats, &streams, "invoicer-migrate").await?;
                 println!("migrations applied; streams ensured");
                 Ok(())
             }
@@ -161,6 +171,8 @@ impl Cli {
             } => rollup::run(&nats, &period, force, tenants, draft, wait).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
             Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
+            Command::Bench(args) => crate::bench::run(&args).await,
+            Command::Auth { command } => auth::run(command).await,
             Command::Quote {
                 plan,
                 addons,

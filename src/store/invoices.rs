@@ -1,7 +1,10 @@
-//! Invoice rows and their lines.
+//! Invoice rows and their lines: reads, the numbering counter, and the guarded writes that the
+//! rollup and the admin transitions share.
 
 use crate::error::{Error, Result};
 use crate::invoice::{format_number, Invoice, Line, LineKind, QuoteLine, Status};
+use crate::store::outbox::Event;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use std::collections::HashMap;
@@ -178,8 +181,17 @@ pub async fn list(db: &mut PgConnection, f: &ListFilter) -> Result<(Vec<Invoice>
     Ok((invoices, more))
 }
 
-/// Locks an invoice for a status change.
+/// Locks an invoice for a status change: its tenant first, then the invoice, the order a rollup
+/// batch takes them in, so an admin transition and a rollup of the same tenant run one after
+/// the other, never interleaved.
 pub async fn lock(db: &mut PgConnection, id: Uuid) -> Result<Invoice> {
+    sqlx::query(
+        "SELECT 1 FROM tenants WHERE tenant_id = (SELECT tenant_id FROM invoices WHERE id = $1)
+         FOR UPDATE",
+    )
+    .bind(id)
+    .execute(&mut *db)
+    .await?;
     let sql = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1 FOR UPDATE");
     let row = sqlx::query(&sql)
         .bind(id)
@@ -191,8 +203,8 @@ pub async fn lock(db: &mut PgConnection, id: Uuid) -> Result<Invoice> {
 
 /// Writes a status change decided by the caller (`crate::api`), which checked the transition.
 pub async fn set_status(db: &mut PgConnection, inv: &Invoice) -> Result<()> {
-    let number = super::rollup::number_of(inv)?;
-    sqlx::query(
+    let number = number_of(inv)?;
+    let done = sqlx::query(
         "UPDATE invoices SET status = $2, number = $3, issued_at = $4, paid_at = $5,
            voided_at = $6, void_reason = $7, updated_at = now() WHERE id = $1",
     )
@@ -205,7 +217,7 @@ pub async fn set_status(db: &mut PgConnection, inv: &Invoice) -> Result<()> {
     .bind(inv.void_reason.as_deref())
     .execute(db)
     .await?;
-    Ok(())
+    expect_rows("status change", 1, done.rows_affected())
 }
 
 /// Amounts of live invoices for a period, grouped by deployment and by (line kind, resource kind).
@@ -257,4 +269,253 @@ pub async fn revenue_summary(
         "by_deployment": dep,
         "by_resource_kind": kind,
     }))
+}
+
+/// What a tenant already has for a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Existing {
+    /// Any invoice at all, void included.
+    pub any: bool,
+    /// The live (not void) invoice, if any.
+    pub live: Option<(Uuid, Status)>,
+}
+
+/// Locks and reads the tenants' invoices for a period. Taken after the tenants' own locks, in
+/// the same order as an admin transition (tenant, then invoice), so that a rollup and an admin
+/// `issue`/`void` of the same invoice exclude each other instead of interleaving.
+pub async fn lock_existing(
+    db: &mut PgConnection,
+    tenants: &[String],
+    period_start: chrono::NaiveDate,
+) -> Result<HashMap<String, Existing>> {
+    let rows = sqlx::query(
+        "SELECT tenant_id, id, status FROM invoices WHERE tenant_id = ANY($1) AND period_start = $2
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(tenants)
+    .bind(period_start)
+    .fetch_all(db)
+    .await?;
+    let mut out: HashMap<String, Existing> = HashMap::new();
+    for row in rows {
+        let e = out.entry(row.try_get("tenant_id")?).or_default();
+        e.any = true;
+        let status = Status::parse(row.try_get("status")?)
+            .ok_or_else(|| Error::Internal("unknown invoice status".into()))?;
+        if status != Status::Void {
+            e.live = Some((row.try_get("id")?, status));
+        }
+    }
+    Ok(out)
+}
+
+/// Reserves `n` consecutive invoice numbers and returns the first. The counter row stays locked
+/// until commit and a rollback returns the numbers, so there are no gaps; callers take it as
+/// late as they can, right before their last write, so concurrent batches overlap.
+pub async fn allocate_numbers(db: &mut PgConnection, n: i64) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "UPDATE invoice_numbers SET last_number = last_number + $1 RETURNING last_number - $1 + 1",
+    )
+    .bind(n)
+    .fetch_one(db)
+    .await?)
+}
+
+/// The stored form of an invoice's number.
+pub(crate) fn number_of(inv: &Invoice) -> Result<Option<i64>> {
+    inv.number
+        .as_deref()
+        .map(|n| {
+            crate::invoice::parse_number(n)
+                .ok_or_else(|| Error::Internal(format!("bad invoice number {n}")))
+        })
+        .transpose()
+}
+
+/// A guarded write must touch exactly the rows it was meant for; anything else means the state
+/// moved under the caller, and the whole transaction must not commit.
+fn expect_rows(what: &str, want: usize, got: u64) -> Result<()> {
+    if got == want as u64 {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!(
+            "{what}: {got} rows changed, expected {want}; refusing to commit"
+        )))
+    }
+}
+
+/// Deletes drafts (with their lines) so that their recomputed versions can be inserted under
+/// the same ids.
+pub async fn delete_drafts(db: &mut PgConnection, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let done = sqlx::query("DELETE FROM invoices WHERE id = ANY($1) AND status = 'draft'")
+        .bind(ids)
+        .execute(db)
+        .await?;
+    expect_rows(
+        "deleting recomputed drafts",
+        ids.len(),
+        done.rows_affected(),
+    )
+}
+
+/// Voids superseded invoices, pointing each at its replacement (which the same transaction
+/// inserts; the foreign key is deferred to commit).
+pub async fn void_superseded(
+    db: &mut PgConnection,
+    pairs: &[(Uuid, Uuid)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let (old, new): (Vec<Uuid>, Vec<Uuid>) = pairs.iter().copied().unzip();
+    let done = sqlx::query(
+        "UPDATE invoices i SET status = 'void', voided_at = $3, void_reason = 'superseded',
+           superseded_by = t.new_id, updated_at = now()
+         FROM unnest($1::uuid[], $2::uuid[]) AS t(old_id, new_id)
+         WHERE i.id = t.old_id AND i.status = 'issued'",
+    )
+    .bind(&old)
+    .bind(&new)
+    .bind(now)
+    .execute(db)
+    .await?;
+    expect_rows(
+        "voiding superseded invoices",
+        pairs.len(),
+        done.rows_affected(),
+    )
+}
+
+/// Inserts the lines of new invoices (before the invoices themselves: the foreign key is
+/// deferred, so the invoice rows can be the batch's last write).
+pub async fn insert_lines<'a>(
+    db: &mut PgConnection,
+    invoices: impl Iterator<Item = &'a Invoice>,
+) -> Result<()> {
+    let mut ids = Vec::new();
+    let mut invoice_ids = Vec::new();
+    let mut positions = Vec::new();
+    let mut kinds = Vec::new();
+    let mut deployments = Vec::new();
+    let mut resource_kinds = Vec::new();
+    let mut descriptions = Vec::new();
+    let mut quantities = Vec::new();
+    let mut unit_prices = Vec::new();
+    let mut amounts = Vec::new();
+    for inv in invoices {
+        for (pos, l) in inv.lines.iter().flatten().enumerate() {
+            ids.push(l.id);
+            invoice_ids.push(inv.id);
+            positions.push(pos as i32);
+            kinds.push(l.line.kind.as_str());
+            deployments.push(l.line.deployment_id);
+            resource_kinds.push(l.line.resource_kind.as_deref());
+            descriptions.push(l.line.description.as_str());
+            quantities.push(l.line.quantity);
+            unit_prices.push(l.line.unit_price);
+            amounts.push(l.line.amount_cents);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO invoice_lines (id, invoice_id, position, kind, deployment_id, resource_kind,
+           description, quantity, unit_price, amount_cents)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::uuid[], $6::text[],
+           $7::text[], $8::numeric[], $9::numeric[], $10::bigint[])",
+    )
+    .bind(ids)
+    .bind(invoice_ids)
+    .bind(positions)
+    .bind(kinds)
+    .bind(deployments)
+    .bind(resource_kinds)
+    .bind(descriptions)
+    .bind(quantities)
+    .bind(unit_prices)
+    .bind(amounts)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Inserts invoice rows and the events announcing them in one statement: the last write of a
+/// batch, made while the number counter is held.
+pub async fn insert_with_events(
+    db: &mut PgConnection,
+    invoices: &[Invoice],
+    events: &[Event],
+    request_key: &str,
+) -> Result<()> {
+    let numbers = invoices.iter().map(number_of).collect::<Result<Vec<_>>>()?;
+    sqlx::query(
+        "WITH inv AS (
+           INSERT INTO invoices (id, number, tenant_id, period_start, period_end, currency, status,
+             subtotal_cents, tax_cents, total_cents, issued_at, supersedes, rollup_request_id)
+           SELECT *, $13 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::date[],
+             $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::timestamptz[],
+             $12::uuid[])
+         ), ev AS (
+           INSERT INTO outbox (subject, msg_id, payload)
+           SELECT s, m, p::jsonb FROM unnest($14::text[], $15::text[], $16::text[])
+             WITH ORDINALITY AS t(s, m, p, o)
+           ORDER BY o
+           ON CONFLICT (msg_id) DO NOTHING
+         )
+         SELECT 1",
+    )
+    .bind(invoices.iter().map(|i| i.id).collect::<Vec<_>>())
+    .bind(numbers)
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.tenant_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(invoices.iter().map(|i| i.period_start).collect::<Vec<_>>())
+    .bind(invoices.iter().map(|i| i.period_end).collect::<Vec<_>>())
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        invoices
+            .iter()
+            .map(|i| i.subtotal_cents)
+            .collect::<Vec<_>>(),
+    )
+    .bind(invoices.iter().map(|i| i.tax_cents).collect::<Vec<_>>())
+    .bind(invoices.iter().map(|i| i.total_cents).collect::<Vec<_>>())
+    .bind(invoices.iter().map(|i| i.issued_at).collect::<Vec<_>>())
+    .bind(invoices.iter().map(|i| i.supersedes).collect::<Vec<_>>())
+    .bind(request_key)
+    .bind(
+        events
+            .iter()
+            .map(|e| e.subject.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.msg_id.as_str()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.payload.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(db)
+    .await?;
+    Ok(())
 }

@@ -5,12 +5,12 @@ use crate::error::Result;
 use sqlx::{PgConnection, PgPool, Row};
 use std::time::Duration;
 
-/// An event to publish once its transaction commits.
+/// An event to publish once its transaction commits; the payload is JSON text, serialised once.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub subject: String,
     pub msg_id: String,
-    pub payload: serde_json::Value,
+    pub payload: String,
 }
 
 impl Event {
@@ -18,7 +18,7 @@ impl Event {
         Event {
             subject: subject.to_string(),
             msg_id,
-            payload: serde_json::to_value(payload).expect("event payloads serialise"),
+            payload: serde_json::to_string(payload).expect("event payloads serialise"),
         }
     }
 }
@@ -30,7 +30,7 @@ pub async fn insert(db: &mut PgConnection, events: &[Event]) -> Result<()> {
     }
     let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
     let ids: Vec<&str> = events.iter().map(|e| e.msg_id.as_str()).collect();
-    let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     sqlx::query(
         "INSERT INTO outbox (subject, msg_id, payload)
          SELECT s, m, p::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(s, m, p, o)

@@ -3,6 +3,9 @@
 //! machine's shared servers are never stopped or reconfigured. A missing service fails loudly.
 #![allow(dead_code)]
 
+pub mod operator;
+pub mod users;
+
 use anyhow::Context;
 use invoicer::config::{DbArgs, NatsArgs, WorkerArgs};
 use serde_json::Value;
@@ -87,15 +90,27 @@ impl NatsServer {
     }
 
     pub fn start_with(config: Option<&Path>) -> NatsServer {
+        Self::launch(config, true)
+    }
+
+    /// A server whose configuration names its own JetStream store directory (the operator-mode
+    /// configuration does: nats-server refuses `-sd` on top of it).
+    pub fn start_with_own_store(config: &Path) -> NatsServer {
+        Self::launch(Some(config), false)
+    }
+
+    fn launch(config: Option<&Path>, store_flags: bool) -> NatsServer {
         let store = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cmd = Command::new("nats-server");
         if let Some(c) = config {
             cmd.arg("-c").arg(c);
         }
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .arg("-l")
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if store_flags {
+            cmd.arg("-js").arg("-sd").arg(store.path());
+        }
+        cmd.arg("-l")
             .arg(store.path().join("nats-server.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null());

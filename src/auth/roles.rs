@@ -1,0 +1,289 @@
+//! Who may do what on NATS: the one table of role permissions and inbox prefixes.
+//!
+//! `nats.conf` (static users) and the JWTs that `invoicer auth creds` issues (operator mode) must
+//! grant exactly the same subjects. The JWTs are built from [`Role::permissions`]; the test
+//! `tests/auth_roles.rs` parses `nats.conf` and compares every user's allow lists with this
+//! table, so a subject added to one and not the other fails the build's tests.
+//!
+//! Inbox prefixes (CONTRACT.md section 7, v2): a role replies on `_INBOX_<role>`, a tenant on
+//! `_INBOX_tenant_<tenant_id>`. Tenant ids are `[A-Za-z0-9_-]`, so no tenant prefix can equal or
+//! contain a role's (`_INBOX_admin` vs `_INBOX_tenant_admin`), whatever the tenant is called.
+
+use crate::catalog::TenantId;
+
+/// A NATS user's role. Tenants carry their id: their subjects are their own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `invoicer run` (and `invoicer migrate`).
+    Worker,
+    /// The platform admin: the CLI, `invoicer demo`.
+    Admin,
+    /// `invoicer scheduler`: publishes the month-end rollup request.
+    Scheduler,
+    /// The usage producer.
+    Metering,
+    /// One tenant: its own invoices, quotes and inbox, nothing else.
+    Tenant(TenantId),
+}
+
+/// The allow lists of one user. Everything not listed is refused by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    /// Publish once to the reply subject of each request received (the server's default
+    /// `allow_responses: true`: one reply within two minutes).
+    pub allow_responses: bool,
+}
+
+/// The prefix every tenant's inbox starts with (`_INBOX_tenant_<tenant_id>`).
+pub const TENANT_INBOX_PREFIX: &str = "_INBOX_tenant_";
+
+impl Role {
+    /// The role of a non-tenant user called `name`, if it is one.
+    pub fn fixed(name: &str) -> Option<Role> {
+        match name {
+            "worker" => Some(Role::Worker),
+            "admin" => Some(Role::Admin),
+            "scheduler" => Some(Role::Scheduler),
+            "metering" => Some(Role::Metering),
+            _ => None,
+        }
+    }
+
+    /// A short human-readable name, used as the user JWT's name: `admin`, `tenant acme`.
+    pub fn label(&self) -> String {
+        match self {
+            Role::Worker => "worker".into(),
+            Role::Admin => "admin".into(),
+            Role::Scheduler => "scheduler".into(),
+            Role::Metering => "metering".into(),
+            Role::Tenant(t) => format!("tenant {t}"),
+        }
+    }
+
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match self {
+            Role::Tenant(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The prefix of this user's reply inboxes (`NATS_INBOX_PREFIX`).
+    pub fn inbox_prefix(&self) -> String {
+        match self {
+            Role::Tenant(t) => format!("{TENANT_INBOX_PREFIX}{t}"),
+            _ => format!("_INBOX_{}", self.label()),
+        }
+    }
+
+    /// Exactly what this role needs (CONTRACT.md sections 6 and 7). `nats.conf` explains each
+    /// line; keep the two in step (`tests/auth_roles.rs` checks).
+    pub fn permissions(&self) -> Permissions {
+        let inbox = format!("{}.>", self.inbox_prefix());
+        let (publish, subscribe, allow_responses): (Vec<&str>, Vec<&str>, bool) = match self {
+            Role::Worker => (
+                vec![
+                    // Startup: ensure the three streams and the worker's two durables.
+                    "$JS.API.STREAM.INFO.BILLING_ROLLUPS",
+                    "$JS.API.STREAM.INFO.BILLING_EVENTS",
+                    "$JS.API.STREAM.INFO.METERING_USAGE",
+                    "$JS.API.STREAM.CREATE.BILLING_ROLLUPS",
+                    "$JS.API.STREAM.CREATE.BILLING_EVENTS",
+                    "$JS.API.STREAM.CREATE.METERING_USAGE",
+                    "$JS.API.CONSUMER.INFO.BILLING_ROLLUPS.invoicer-rollups",
+                    "$JS.API.CONSUMER.INFO.METERING_USAGE.invoicer-usage",
+                    "$JS.API.CONSUMER.CREATE.BILLING_ROLLUPS.invoicer-rollups",
+                    "$JS.API.CONSUMER.CREATE.METERING_USAGE.invoicer-usage",
+                    // Pulls and acks of those two consumers.
+                    "$JS.API.CONSUMER.MSG.NEXT.BILLING_ROLLUPS.invoicer-rollups",
+                    "$JS.API.CONSUMER.MSG.NEXT.METERING_USAGE.invoicer-usage",
+                    "$JS.ACK.BILLING_ROLLUPS.invoicer-rollups.>",
+                    "$JS.ACK.METERING_USAGE.invoicer-usage.>",
+                    // The rollup work queue, shared by the worker replicas alone.
+                    "$JS.API.STREAM.INFO.BILLING_WORK",
+                    "$JS.API.STREAM.CREATE.BILLING_WORK",
+                    "$JS.API.CONSUMER.INFO.BILLING_WORK.invoicer-work",
+                    "$JS.API.CONSUMER.CREATE.BILLING_WORK.invoicer-work",
+                    "$JS.API.CONSUMER.MSG.NEXT.BILLING_WORK.invoicer-work",
+                    "$JS.ACK.BILLING_WORK.invoicer-work.>",
+                    "billing.internal.>",
+                    // The outbox relay's events and the rollup progress.
+                    "billing.invoice.>",
+                    "billing.rollup.completed",
+                    "billing.rollup.rejected",
+                    "billing.usage.late",
+                    "billing.rollup.progress",
+                ],
+                vec![
+                    // The micro service's endpoints and discovery.
+                    "billing.admin.>",
+                    "billing.tenant.*.invoices.>",
+                    "billing.quote",
+                    "$SRV.>",
+                    &inbox,
+                ],
+                true,
+            ),
+            Role::Scheduler => (vec!["billing.rollup.requested"], vec![&inbox], false),
+            Role::Metering => (vec!["metering.usage.recorded"], vec![&inbox], false),
+            Role::Admin => (
+                vec![
+                    "billing.admin.>",
+                    "billing.tenant.>",
+                    "billing.quote",
+                    "billing.rollup.requested",
+                    "metering.usage.recorded",
+                    "$SRV.>",
+                    // JetStream, read only.
+                    "$JS.API.INFO",
+                    "$JS.API.STREAM.NAMES",
+                    "$JS.API.STREAM.LIST",
+                    "$JS.API.STREAM.INFO.BILLING_ROLLUPS",
+                    "$JS.API.STREAM.INFO.BILLING_EVENTS",
+                    "$JS.API.STREAM.INFO.METERING_USAGE",
+                    "$JS.API.STREAM.MSG.GET.BILLING_ROLLUPS",
+                    "$JS.API.STREAM.MSG.GET.BILLING_EVENTS",
+                    "$JS.API.STREAM.MSG.GET.METERING_USAGE",
+                    "$JS.API.CONSUMER.NAMES.BILLING_ROLLUPS",
+                    "$JS.API.CONSUMER.NAMES.METERING_USAGE",
+                    "$JS.API.CONSUMER.LIST.BILLING_ROLLUPS",
+                    "$JS.API.CONSUMER.LIST.METERING_USAGE",
+                    "$JS.API.CONSUMER.INFO.BILLING_ROLLUPS.*",
+                    "$JS.API.CONSUMER.INFO.METERING_USAGE.*",
+                ],
+                vec![
+                    // Events, deliberately not `billing.>` (that would cover the requests).
+                    "billing.invoice.>",
+                    "billing.rollup.>",
+                    "billing.usage.>",
+                    &inbox,
+                ],
+                false,
+            ),
+            Role::Tenant(t) => {
+                let own = format!("billing.tenant.{t}.>");
+                return Permissions {
+                    publish: vec![own, "billing.quote".into()],
+                    subscribe: vec![inbox],
+                    allow_responses: false,
+                };
+            }
+        };
+        Permissions {
+            publish: publish.into_iter().map(String::from).collect(),
+            subscribe: subscribe.into_iter().map(String::from).collect(),
+            allow_responses,
+        }
+    }
+}
+
+/// The default inbox prefix of a `nats.conf` user: a role's name gives that role's prefix, any
+/// other name is taken as a tenant id. `None` when the name cannot be a tenant id (then the
+/// client keeps the library default and `NATS_INBOX_PREFIX` must be set).
+pub fn inbox_prefix_for_user(user: &str) -> Option<String> {
+    match Role::fixed(user) {
+        Some(role) => Some(role.inbox_prefix()),
+        None => TenantId::parse(user)
+            .ok()
+            .map(|t| Role::Tenant(t).inbox_prefix()),
+    }
+}
+
+/// The inbox prefix a set of permissions allows: the one subscribe entry `_INBOX<...>.>`.
+/// Used to derive `NATS_INBOX_PREFIX` from a `.creds` file, whatever issued it.
+pub fn inbox_prefix_allowed(subscribe: &[String]) -> Option<String> {
+    let mut inboxes = subscribe
+        .iter()
+        .filter_map(|s| s.strip_suffix(".>"))
+        .filter(|p| p.starts_with("_INBOX") && !p.contains(['*', '>', '.']));
+    match (inboxes.next(), inboxes.next()) {
+        (Some(only), None) => Some(only.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(id: &str) -> Role {
+        Role::Tenant(TenantId::parse(id).unwrap())
+    }
+
+    #[test]
+    fn every_role_subscribes_to_its_own_inbox_and_no_other() {
+        for role in [
+            Role::Worker,
+            Role::Admin,
+            Role::Scheduler,
+            Role::Metering,
+            tenant("acme"),
+        ] {
+            let perms = role.permissions();
+            assert_eq!(
+                inbox_prefix_allowed(&perms.subscribe),
+                Some(role.inbox_prefix()),
+                "{role:?}"
+            );
+            assert!(!perms.subscribe.iter().any(|s| s.starts_with("_INBOX.")));
+        }
+    }
+
+    #[test]
+    fn a_tenant_named_like_a_role_gets_a_different_inbox() {
+        for name in ["admin", "worker", "scheduler", "metering", "tenant_x"] {
+            let t = tenant(name);
+            let prefix = t.inbox_prefix();
+            assert_eq!(prefix, format!("_INBOX_tenant_{name}"));
+            for role in [Role::Worker, Role::Admin, Role::Scheduler, Role::Metering] {
+                let theirs = role.inbox_prefix();
+                assert_ne!(prefix, theirs);
+                // Neither may subscribe to the other's replies, even with a wildcard.
+                assert!(!t
+                    .permissions()
+                    .subscribe
+                    .iter()
+                    .any(|s| s.starts_with(&theirs)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_tenant_publishes_only_on_its_own_subjects_and_the_quote() {
+        let perms = tenant("acme").permissions();
+        assert_eq!(perms.publish, ["billing.tenant.acme.>", "billing.quote"]);
+        assert_eq!(perms.subscribe, ["_INBOX_tenant_acme.>"]);
+        assert!(!perms.allow_responses);
+    }
+
+    #[test]
+    fn default_prefixes_for_nats_conf_users() {
+        assert_eq!(
+            inbox_prefix_for_user("worker").as_deref(),
+            Some("_INBOX_worker")
+        );
+        assert_eq!(
+            inbox_prefix_for_user("acme").as_deref(),
+            Some("_INBOX_tenant_acme")
+        );
+        assert_eq!(inbox_prefix_for_user("not a tenant"), None);
+    }
+
+    #[test]
+    fn the_allowed_inbox_must_be_unambiguous() {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            inbox_prefix_allowed(&s(&["_INBOX.>"])).as_deref(),
+            Some("_INBOX")
+        );
+        assert_eq!(
+            inbox_prefix_allowed(&s(&["_INBOX_a.>", "_INBOX_b.>"])),
+            None
+        );
+        assert_eq!(
+            inbox_prefix_allowed(&s(&["billing.>", "_INBOX_a.>"])).as_deref(),
+            Some("_INBOX_a")
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! A rollup's lifecycle: which tenants, in what work items, what one transaction holds, and
+//! when the rollup is complete.
+//!
+//! When a request is first seen, [`plan`] lists the period's tenants once and splits them into
+//! items of `batch_size` tenants (`rollup_items`). Each item is published on the work queue and
+//! any replica may take it: [`work_item`] prices and writes the item's tenants in one
+//! transaction (see [`batch`]) that also marks the item done, so a redelivered item changes
+//! nothing. If that transaction fails for a reason other than a transient one, the item is
+//! worked again one tenant per transaction, so one bad tenant is reported and the others are
+//! invoiced. After each item, [`try_complete`] checks, under the run row's lock, whether every
+//! item is done; the one that finds them all done writes `billing.rollup.completed`, once.
+
+pub mod batch;
+
+use crate::error::{Error, Result};
+use crate::invoice::{Invoice, Status};
+use crate::store::invoices::Existing;
+use crate::store::outbox::{self, Event};
+use crate::store::rollup::{self as q, BatchCounts, Run, TenantFailure};
+use crate::wire::RollupRequest;
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const DEFAULT_BATCH_SIZE: i64 = 500;
+/// The completed event lists at most this many failures (and counts them all), so it always
+/// fits in a NATS message.
+pub const MAX_FAILURES_LISTED: usize = 1000;
+const MAX_REASON_CHARS: usize = 300;
+
+/// The `billing.rollup.completed` payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Completed {
+    pub request_id: String,
+    pub period_start: chrono::NaiveDate,
+    pub period_end: chrono::NaiveDate,
+    pub invoices_issued: i32,
+    /// Drafts written (an extension of the contract's payload).
+    pub invoices_drafted: i32,
+    pub invoices_skipped: i32,
+    /// At most [`MAX_FAILURES_LISTED`] of them.
+    pub tenants_failed: Vec<TenantFailure>,
+    /// How many tenants failed in all (an extension: the list above may be cut short).
+    pub tenants_failed_total: usize,
+    pub unbilled_deployments: i64,
+    pub duration_ms: i64,
+}
+
+/// `billing.rollup.progress`, after each item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    pub request_id: String,
+    pub tenants_done: i64,
+    pub tenants_total: i64,
+}
+
+/// What to do for one tenant, given what it already has for the period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Skip,
+    New,
+    RecomputeDraft(Uuid),
+    Supersede(Uuid),
+}
+
+/// CONTRACT.md section 5: without `force` any invoice for the period means skip; with `force` a
+/// draft is recomputed, an issued invoice superseded (never by a draft), a paid one left alone,
+/// and a voided one replaced.
+pub fn decide(req: &RollupRequest, existing: Existing) -> Action {
+    if !req.force {
+        return if existing.any {
+            Action::Skip
+        } else {
+            Action::New
+        };
+    }
+    match existing.live {
+        None => Action::New,
+        Some((_, Status::Paid)) => Action::Skip,
+        Some((id, Status::Draft)) => Action::RecomputeDraft(id),
+        Some((_, Status::Issued)) if req.draft => Action::Skip,
+        Some((id, Status::Issued)) => Action::Supersede(id),
+        Some((_, Status::Void)) => Action::New,
+    }
+}
+
+/// A planned run and the items still to do.
+#[derive(Debug)]
+pub struct Planned {
+    pub run: Run,
+    /// Whether this delivery created the run (a redelivery finds it).
+    pub created: bool,
+    pub pending: Vec<i32>,
+}
+
+/// Records the run and its items on first sight; on a repeat, returns what is left to do. A run
+/// with no tenants at all completes here.
+pub async fn plan(
+    pool: &PgPool,
+    key: &str,
+    req: &RollupRequest,
+    batch_size: i64,
+) -> Result<Planned> {
+    let mut tx = pool.begin().await?;
+    let (run, created) = q::plan(&mut tx, key, req, batch_size).await?;
+    tx.commit().await?;
+    if created {
+        tracing::info!(request_id = key, period = %run.request.period, tenants = run.tenants_total,
+            items = run.items_total, "rollup planned");
+    }
+    let pending = q::pending_items(pool, key).await?;
+    if pending.is_empty() && !run.completed {
+        try_complete(pool, key).await?;
+    }
+    Ok(Planned {
+        run,
+        created,
+        pending,
+    })
+}
+
+/// How a delivery of a work item ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// This delivery did the item.
+    Done,
+    /// Another delivery had done it already.
+    AlreadyDone,
+}
+
+/// Works one item: all its tenants in one transaction, or, if that fails for a non-transient
+/// reason, one tenant per transaction from where it left off.
+#[tracing::instrument(skip_all, fields(request_id = key, item))]
+pub async fn work_item(pool: &PgPool, key: &str, item: i32, worker: &str) -> Result<ItemOutcome> {
+    let run = {
+        let mut conn = pool.acquire().await?;
+        q::load(&mut conn, key)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("work item for unknown rollup {key}")))?
+    };
+    let mut tx = pool.begin().await?;
+    let Some(found) = q::lock_item(&mut tx, key, item).await? else {
+        return Err(Error::Internal(format!("rollup {key} has no item {item}")));
+    };
+    if found.done {
+        return Ok(ItemOutcome::AlreadyDone);
+    }
+    if found.cursor.is_none() {
+        let now = Utc::now().trunc_subsecs(0);
+        match batch::run(&mut tx, key, &run.request, &found.tenant_ids, now).await {
+            Ok(counts) => {
+                q::record_item(&mut tx, key, item, &counts, None, Some(worker)).await?;
+                tx.commit().await?;
+                return Ok(ItemOutcome::Done);
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tx.rollback().await?;
+                tracing::warn!(error = %e, tenants = found.tenant_ids.len(),
+                    "batch failed; retrying its tenants one per transaction");
+            }
+        }
+    } else {
+        drop(tx);
+    }
+    one_by_one(pool, &run, item, worker).await
+}
+
+/// The fallback for a failing batch: each tenant in its own transaction, progress recorded in
+/// the item with each one, so a crash resumes after the last tenant done and a tenant that
+/// still fails is reported once.
+async fn one_by_one(pool: &PgPool, run: &Run, item: i32, worker: &str) -> Result<ItemOutcome> {
+    let key = run.key.as_str();
+    loop {
+        let mut tx = pool.begin().await?;
+        let Some(found) = q::lock_item(&mut tx, key, item).await? else {
+            return Err(Error::Internal(format!("rollup {key} has no item {item}")));
+        };
+        if found.done {
+            return Ok(ItemOutcome::AlreadyDone);
+        }
+        let next = found
+            .tenant_ids
+            .iter()
+            .find(|t| found.cursor.as_ref().is_none_or(|c| *t > c))
+            .cloned();
+        let Some(tenant) = next else {
+            q::record_item(
+                &mut tx,
+                key,
+                item,
+                &BatchCounts::default(),
+                None,
+                Some(worker),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(ItemOutcome::Done);
+        };
+        let now = Utc::now().trunc_subsecs(0);
+        let one = std::slice::from_ref(&tenant);
+        // A savepoint keeps the item's lock while the tenant's own writes are undone.
+        let mut attempt = sqlx::Connection::begin(&mut *tx).await?;
+        let counts = match batch::run(&mut attempt, key, &run.request, one, now).await {
+            Ok(counts) => {
+                attempt.commit().await?;
+                counts
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                attempt.rollback().await?;
+                tracing::warn!(tenant = %tenant, error = %e, "tenant failed");
+                BatchCounts {
+                    failed: vec![TenantFailure {
+                        tenant_id: tenant.clone(),
+                        reason: e.to_string(),
+                    }],
+                    ..Default::default()
+                }
+            }
+        };
+        q::record_item(&mut tx, key, item, &counts, Some(&tenant), None).await?;
+        tx.commit().await?;
+    }
+}
+
+/// After an item: under the run's lock, reads the items' totals and, if none is left and the
+/// run is not complete yet, writes `billing.rollup.completed` and marks the run complete.
+/// Returns the progress, and the completed event if this call wrote it.
+pub async fn try_complete(pool: &PgPool, key: &str) -> Result<(Progress, Option<Completed>)> {
+    let mut tx = pool.begin().await?;
+    let run = q::lock(&mut tx, key).await?;
+    let totals = q::totals(&mut tx, key).await?;
+    let progress = Progress {
+        request_id: key.to_string(),
+        tenants_done: totals.tenants_done,
+        tenants_total: run.tenants_total,
+    };
+    if run.completed || totals.items_remaining > 0 {
+        return Ok((progress, None));
+    }
+    let unbilled = q::unbilled_deployments(&mut tx, run.request.period).await?;
+    let event = completed_event(&run, totals.counts, unbilled, Utc::now());
+    outbox::insert(
+        &mut tx,
+        &[Event::new(
+            crate::bus::ROLLUP_COMPLETED,
+            completed_msg_id(key),
+            &event,
+        )],
+    )
+    .await?;
+    q::mark_completed(&mut tx, key, unbilled).await?;
+    tx.commit().await?;
+    tracing::info!(
+        request_id = key,
+        period = %run.request.period,
+        tenants = run.tenants_total,
+        issued = event.invoices_issued,
+        drafted = event.invoices_drafted,
+        skipped = event.invoices_skipped,
+        failed = event.tenants_failed_total,
+        unbilled_deployments = unbilled,
+        duration_ms = event.duration_ms,
+        "rollup completed"
+    );
+    Ok((progress, Some(event)))
+}
+
+fn completed_msg_id(key: &str) -> String {
+    format!("rollup-completed:{key}")
+}
+
+/// The event announcing an invoice's current status, msg id `<invoice id>:<status>`.
+pub fn invoice_event(inv: &Invoice) -> Event {
+    let subject = inv
+        .status
+        .event_subject()
+        .unwrap_or("billing.invoice.draft");
+    Event::new(subject, format!("{}:{}", inv.id, inv.status.as_str()), inv)
+}
+
+fn completed_event(run: &Run, counts: BatchCounts, unbilled: i64, now: DateTime<Utc>) -> Completed {
+    let mut failed: Vec<TenantFailure> = counts
+        .failed
+        .into_iter()
+        .chain(run.failed.iter().cloned())
+        .collect();
+    let total = failed.len();
+    failed.truncate(MAX_FAILURES_LISTED);
+    for f in &mut failed {
+        if f.reason.chars().count() > MAX_REASON_CHARS {
+            f.reason = f.reason.chars().take(MAX_REASON_CHARS).collect::<String>() + "…";
+        }
+    }
+    Completed {
+        request_id: run.key.clone(),
+        period_start: run.request.period.start,
+        period_end: run.request.period.end,
+        invoices_issued: counts.issued,
+        invoices_drafted: counts.drafted,
+        invoices_skipped: counts.skipped,
+        tenants_failed: failed,
+        tenants_failed_total: total,
+        unbilled_deployments: unbilled,
+        duration_ms: (now - run.started_at).num_milliseconds().max(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::period::Period;
+    use crate::store::invoices::Existing;
+
+    fn req(force: bool, draft: bool) -> RollupRequest {
+        RollupRequest {
+            period: Period::parse_month("2026-04").unwrap(),
+            force,
+            tenant_ids: None,
+            draft,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn decisions_follow_the_contract() {
+        let id = Uuid::nil();
+        let none = Existing::default();
+        let only_void = Existing {
+            any: true,
+            live: None,
+        };
+        let live = |s| Existing {
+            any: true,
+            live: Some((id, s)),
+        };
+        let cases = [
+            (false, false, none, Action::New),
+            (false, false, only_void, Action::Skip),
+            (false, false, live(Status::Draft), Action::Skip),
+            (false, false, live(Status::Issued), Action::Skip),
+            (false, false, live(Status::Paid), Action::Skip),
+            (true, false, none, Action::New),
+            (true, false, only_void, Action::New),
+            (true, false, live(Status::Draft), Action::RecomputeDraft(id)),
+            (true, false, live(Status::Issued), Action::Supersede(id)),
+            (true, false, live(Status::Paid), Action::Skip),
+            (true, true, live(Status::Draft), Action::RecomputeDraft(id)),
+            (true, true, live(Status::Issued), Action::Skip),
+        ];
+        for (force, draft, existing, want) in cases {
+            assert_eq!(
+                decide(&req(force, draft), existing),
+                want,
+                "{force} {draft} {existing:?}"
+            );
+        }
+    }
+}
