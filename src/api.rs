@@ -2,6 +2,7 @@
 //! JSON value or a typed error out. `bus::service` puts them on NATS.
 
 use crate::catalog::{Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId};
+use crate::document::{self, Format, Related, Seller, TaxInvoiceView};
 use crate::error::{Error, Result};
 use crate::invoice::{format_number, Invoice, Status};
 use crate::money::Dec;
@@ -46,10 +47,12 @@ pub enum Endpoint {
     TenantPreview,
     Quote,
     Health,
+    AdminRender,
+    TenantRender,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 15] = [
+    pub const ALL: [Endpoint; 17] = [
         Endpoint::PlansPut,
         Endpoint::AddonsPut,
         Endpoint::SubscriptionsPut,
@@ -65,6 +68,8 @@ impl Endpoint {
         Endpoint::TenantPreview,
         Endpoint::Quote,
         Endpoint::Health,
+        Endpoint::AdminRender,
+        Endpoint::TenantRender,
     ];
 
     pub fn subject(self) -> &'static str {
@@ -84,6 +89,8 @@ impl Endpoint {
             Endpoint::TenantPreview => "billing.tenant.*.invoices.preview",
             Endpoint::Quote => "billing.quote",
             Endpoint::Health => "billing.admin.health",
+            Endpoint::AdminRender => "billing.admin.invoices.render",
+            Endpoint::TenantRender => "billing.tenant.*.invoices.render",
         }
     }
 
@@ -111,6 +118,8 @@ impl Endpoint {
 pub struct Ctx<'a> {
     pub pool: &'a PgPool,
     pub relay: &'a Notify,
+    /// The supplier on tax invoice documents; `None` when documents are not enabled.
+    pub seller: Option<&'a Seller>,
 }
 
 fn to_value(v: impl serde::Serialize) -> Result<Value> {
@@ -170,6 +179,7 @@ pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) 
             let _: HealthRequest = wire::parse(payload)?;
             Ok(health(ctx.pool).await)
         }
+        Endpoint::AdminRender | Endpoint::TenantRender => render(ctx, scope, payload).await,
     }
 }
 
@@ -254,6 +264,80 @@ fn scope_tenant(scope: &Scope) -> Option<&str> {
 #[derive(Deserialize)]
 struct IdRequest {
     id: Uuid,
+}
+
+#[derive(Deserialize)]
+struct RenderRequest {
+    id: Uuid,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// NATS's default `max_payload` is 1 MiB; a reply must fit in it with its JSON envelope.
+pub const MAX_DOCUMENT_REPLY_BYTES: usize = 1_000_000;
+
+/// A tax invoice document (CONTRACT.md 5b), scoped like `.get`: another tenant's invoice is
+/// `not_found`. HTML is returned as text, PDF as base64.
+async fn render(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
+    use base64::Engine;
+    let req: RenderRequest = wire::parse(payload)?;
+    let format = match req.format.as_deref() {
+        None => Format::Html,
+        Some(f) => Format::parse(f)
+            .ok_or_else(|| Error::bad(format!("format {f:?} must be \"html\" or \"pdf\"")))?,
+    };
+    let seller = ctx.seller.ok_or_else(|| {
+        Error::Conflict(
+            "tax invoice documents are not enabled: the worker has no seller configured \
+             (set SELLER_NAME and SELLER_ABN, and optionally SELLER_ADDRESS)"
+                .into(),
+        )
+    })?;
+    let mut conn = ctx.pool.acquire().await?;
+    let invoice = store::invoices::get(&mut conn, req.id, scope_tenant(scope)).await?;
+    let tenant_id = TenantId::parse(&invoice.tenant_id)?;
+    let legal = store::catalog::tenant(&mut *conn, &tenant_id)
+        .await?
+        .map(|t| t.legal)
+        .unwrap_or_default();
+    let related_ids: Vec<Uuid> = [invoice.superseded_by, invoice.supersedes]
+        .into_iter()
+        .flatten()
+        .collect();
+    let numbers = store::invoices::numbers(&mut conn, &related_ids).await?;
+    drop(conn);
+    let related_of = |id: Option<Uuid>| {
+        id.map(|id| document::view::RelatedInvoice {
+            id,
+            number: numbers.get(&id).cloned().flatten(),
+        })
+    };
+    let related = Related {
+        replaced_by: related_of(invoice.superseded_by),
+        replaces: related_of(invoice.supersedes),
+    };
+    let view = TaxInvoiceView::build(&invoice, seller, &legal, &related)
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    // Laying out and subsetting fonts is CPU work: keep it off the async workers.
+    let bytes = tokio::task::spawn_blocking(move || document::render(&view, format))
+        .await
+        .map_err(|e| Error::Internal(format!("rendering task: {e}")))?
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let body = match format {
+        Format::Html => String::from_utf8(bytes)
+            .map_err(|e| Error::Internal(format!("rendered HTML is not UTF-8: {e}")))?,
+        Format::Pdf => base64::engine::general_purpose::STANDARD.encode(bytes),
+    };
+    if body.len() > MAX_DOCUMENT_REPLY_BYTES {
+        return Err(Error::Conflict(format!(
+            "the {} document of invoice {} is {} bytes, more than a NATS reply can carry \
+             ({MAX_DOCUMENT_REPLY_BYTES}); try the other format",
+            format.as_str(),
+            invoice.id,
+            body.len()
+        )));
+    }
+    Ok(json!({"content_type": format.content_type(), "body": body}))
 }
 
 #[derive(Deserialize)]
@@ -485,6 +569,7 @@ pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>)
         id: TenantId::parse("quote")?,
         currency: Currency::parse(plan.currency.as_str())?,
         tax,
+        legal: Default::default(),
     };
     let sub = Subscription {
         id: Uuid::nil(),

@@ -4,6 +4,7 @@
 //! rollup never see an identifier that cannot be a subject token, a negative price or tiers that
 //! do not ascend.
 
+use crate::abn::Abn;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
@@ -127,6 +128,8 @@ pub struct Tenant {
     pub id: TenantId,
     pub currency: Currency,
     pub tax: TaxPolicy,
+    /// Who the tenant is on its tax invoices; pricing never reads it.
+    pub legal: LegalDetails,
 }
 
 impl Tenant {
@@ -135,8 +138,56 @@ impl Tenant {
             id,
             currency: Currency::aud(),
             tax: TaxPolicy::default(),
+            legal: LegalDetails::default(),
         }
     }
+}
+
+/// A party's identity on a tax invoice (CONTRACT.md 5b). Every part is optional for a tenant:
+/// below $1,000 the ATO asks for none of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegalDetails {
+    pub legal_name: Option<String>,
+    pub abn: Option<Abn>,
+    pub address: Option<String>,
+}
+
+/// The longest legal name and address accepted; longer is a paste accident, not a company.
+pub const MAX_LEGAL_NAME: usize = 200;
+pub const MAX_ADDRESS: usize = 500;
+
+/// A legal name: one line of 1-200 characters, trimmed.
+pub fn check_legal_name(field: &str, name: &str) -> Result<String, CatalogError> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_LEGAL_NAME
+        || name.chars().any(char::is_control)
+    {
+        return Err(CatalogError::Invalid(format!(
+            "{field} must be one line of 1-{MAX_LEGAL_NAME} characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// A postal address: 1-500 characters, trimmed; line breaks are kept (normalised to `\n`), so a
+/// multi-line address prints as one, and no other control character is accepted.
+pub fn check_address(field: &str, address: &str) -> Result<String, CatalogError> {
+    let lines: Vec<&str> = address
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r').trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let address = lines.join("\n");
+    if address.is_empty()
+        || address.chars().count() > MAX_ADDRESS
+        || address.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(CatalogError::Invalid(format!(
+            "{field} must be 1-{MAX_ADDRESS} characters (line breaks allowed)"
+        )));
+    }
+    Ok(address)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +403,29 @@ mod tests {
         .is_err());
         assert!(OveragePrice::tiered(TierMode::Volume, vec![t(Some(0), 1), t(None, 1)]).is_err());
         assert!(OveragePrice::tiered(TierMode::Volume, vec![t(None, -1)]).is_err());
+    }
+
+    #[test]
+    fn legal_names_and_addresses() {
+        assert_eq!(
+            check_legal_name("legal_name", "  Pilot Pty Ltd ").unwrap(),
+            "Pilot Pty Ltd"
+        );
+        assert_eq!(
+            check_legal_name("legal_name", "<script>alert(1)</script>").unwrap(),
+            "<script>alert(1)</script>",
+            "markup is text to the catalog; the renderers escape it"
+        );
+        for bad in ["", "   ", "Two\nlines", "Tab\there", &"x".repeat(201)] {
+            assert!(check_legal_name("legal_name", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            check_address("address", " 1 Example St\r\n\n Sydney NSW 2000 ").unwrap(),
+            "1 Example St\nSydney NSW 2000"
+        );
+        for bad in ["", "\n \n", "bell\u{7}", &"x".repeat(501)] {
+            assert!(check_address("address", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! exit code 2, naming the variable, rather than surfacing later as a strange failure (a batch
 //! size of 0 that completes rollups with no invoices, a log format silently ignored).
 
+use crate::document::{Seller, SellerError};
 use clap::builder::RangedI64ValueParser;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -115,6 +116,8 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464 (off when unset).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub seller: SellerArgs,
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
@@ -128,6 +131,7 @@ impl Default for WorkerArgs {
             streams: StreamArgs::default(),
             metrics_addr: None,
             outbox_retention: crate::bus::relay::DEFAULT_RETENTION,
+            seller: SellerArgs::default(),
         }
     }
 }
@@ -184,6 +188,40 @@ fn retention(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The supplier on tax invoice documents. Documents are enabled by setting any of these; then
+/// the name and a valid ABN are required, and the worker refuses to start without them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SellerArgs {
+    /// Supplier's legal name on tax invoices (enables documents, with --seller-abn).
+    #[arg(long, env = "SELLER_NAME")]
+    pub seller_name: Option<String>,
+    /// Supplier's ABN, 11 digits; spaces allowed (`51 824 753 556`).
+    #[arg(long, env = "SELLER_ABN")]
+    pub seller_abn: Option<String>,
+    /// Supplier's address on tax invoices (optional; newlines separate lines).
+    #[arg(long, env = "SELLER_ADDRESS")]
+    pub seller_address: Option<String>,
+}
+
+impl SellerArgs {
+    /// A configured seller, `None` when no SELLER_* is set (documents disabled), or why the
+    /// settings given cannot make a tax invoice. A blank value counts as not set.
+    pub fn seller(&self) -> Result<Option<Seller>, SellerError> {
+        let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let (name, abn, address) = (
+            given(&self.seller_name),
+            given(&self.seller_abn),
+            given(&self.seller_address),
+        );
+        if name.is_none() && abn.is_none() && address.is_none() {
+            return Ok(None);
+        }
+        let name = name.ok_or(SellerError::Missing("SELLER_NAME"))?;
+        let abn = abn.ok_or(SellerError::Missing("SELLER_ABN"))?;
+        Seller::new(&name, &abn, address.as_deref()).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +241,39 @@ mod tests {
         assert_eq!(retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(retention("30m").is_err());
         assert!(retention("soon").is_err());
+    }
+
+    fn args(name: Option<&str>, abn: Option<&str>, address: Option<&str>) -> SellerArgs {
+        SellerArgs {
+            seller_name: name.map(str::to_string),
+            seller_abn: abn.map(str::to_string),
+            seller_address: address.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn documents_are_enabled_by_any_seller_setting() {
+        assert_eq!(args(None, None, None).seller().unwrap(), None);
+        assert_eq!(args(Some(" "), Some(""), None).seller().unwrap(), None);
+        let s = args(Some("Droplet Cloud Pty Ltd"), Some("51 824 753 556"), None)
+            .seller()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.abn.digits(), s.address),
+            ("Droplet Cloud Pty Ltd", "51824753556", None)
+        );
+        let err = |a: SellerArgs| a.seller().unwrap_err().to_string();
+        assert!(err(args(None, None, Some("1 Example St"))).starts_with("SELLER_NAME is required"));
+        assert!(err(args(Some("Droplet"), None, None)).starts_with("SELLER_ABN is required"));
+        assert!(err(args(None, Some("51824753556"), None)).starts_with("SELLER_NAME is required"));
+        assert!(err(args(Some("Droplet"), Some("51 824 753 557"), None))
+            .contains("fails the ABN checksum"));
+        assert!(err(args(
+            Some("Droplet"),
+            Some("51824753556"),
+            Some("bell\u{7}")
+        ))
+        .contains("SELLER_ADDRESS"));
     }
 }

@@ -8,8 +8,10 @@
 //! | [`period`] | half-open UTC billing periods and daily proration |
 //! | [`schedule`] | the month-end cron: which period each firing requests, what is due |
 //! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
+//! | [`abn`] | Australian Business Numbers and their checksum |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
+//! | [`document`] | tax invoice documents: a view model of an invoice, rendered to HTML and PDF |
 //! | [`wire`] | JSON payloads of the contract, parsed into domain values at the edge |
 //! | [`error`] | the error classes, each with one reply code and one ack kind |
 //! | [`store`] | PostgreSQL: migrations and one module of queries per concern |
@@ -24,6 +26,7 @@
 //! | [`config`], [`telemetry`] | settings and logging |
 //!
 //! Arrows point one way: `cli` → `worker` → `bus` → `api`/`rollup` → `store` → the pure core.
+pub mod abn;
 pub mod api;
 pub mod auth;
 pub mod bench;
@@ -33,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod document;
 pub mod error;
 pub mod invoice;
 pub mod metrics;

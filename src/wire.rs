@@ -1,6 +1,7 @@
 //! Wire DTOs: the JSON shapes of CONTRACT.md, parsed into domain values with `TryFrom` at the
 //! edge ("parse, don't validate"). Nothing past the adapters sees these types.
 
+use crate::abn::Abn;
 use crate::catalog::*;
 use crate::error::Error;
 use crate::money::Dec;
@@ -279,6 +280,52 @@ pub struct TenantPutDto {
     pub tax_label: Option<String>,
     #[serde(default)]
     pub tax_exempt: Option<bool>,
+    /// Omitted keeps the stored value; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub legal_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub abn: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub address: Option<Option<String>>,
+}
+
+/// Tells an explicit `null` (`Some(None)`) from an omitted field (`None`, via `#[serde(default)]`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A change to one optional field of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Patch<T> {
+    Keep,
+    Clear,
+    Set(T),
+}
+
+impl<T> Patch<T> {
+    fn parse<E>(
+        field: Option<Option<String>>,
+        check: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<Self, E> {
+        Ok(match field {
+            None => Patch::Keep,
+            Some(None) => Patch::Clear,
+            Some(Some(v)) => Patch::Set(check(&v)?),
+        })
+    }
+
+    /// Whether the stored value changes, and to what: the two parameters of an upsert.
+    pub fn change(&self) -> (bool, Option<&T>) {
+        match self {
+            Patch::Keep => (false, None),
+            Patch::Clear => (true, None),
+            Patch::Set(v) => (true, Some(v)),
+        }
+    }
 }
 
 /// A validated `tenants.put`.
@@ -289,6 +336,9 @@ pub struct TenantPut {
     pub tax_rate: Option<Decimal>,
     pub tax_label: Option<String>,
     pub tax_exempt: Option<bool>,
+    pub legal_name: Patch<String>,
+    pub abn: Patch<Abn>,
+    pub address: Patch<String>,
 }
 
 impl TryFrom<TenantPutDto> for TenantPut {
@@ -307,6 +357,9 @@ impl TryFrom<TenantPutDto> for TenantPut {
             tax_rate: t.tax_rate.map(|d| d.0),
             tax_label: t.tax_label.map(|l| l.trim().to_string()),
             tax_exempt: t.tax_exempt,
+            legal_name: Patch::parse(t.legal_name, |v| check_legal_name("legal_name", v))?,
+            abn: Patch::parse(t.abn, Abn::parse).map_err(Error::bad)?,
+            address: Patch::parse(t.address, |v| check_address("address", v))?,
         })
     }
 }
@@ -318,6 +371,10 @@ pub struct TenantDto {
     pub tax_rate: Dec,
     pub tax_label: String,
     pub tax_exempt: bool,
+    pub legal_name: Option<String>,
+    /// The 11 digits, without spaces.
+    pub abn: Option<String>,
+    pub address: Option<String>,
 }
 
 impl From<&Tenant> for TenantDto {
@@ -328,6 +385,9 @@ impl From<&Tenant> for TenantDto {
             tax_rate: Dec(t.tax.rate),
             tax_label: t.tax.label.clone(),
             tax_exempt: t.tax.exempt,
+            legal_name: t.legal.legal_name.clone(),
+            abn: t.legal.abn.as_ref().map(|a| a.digits().to_string()),
+            address: t.legal.address.clone(),
         }
     }
 }
@@ -422,6 +482,38 @@ mod tests {
         ] {
             let r = parse::<RollupRequestDto>(bad.as_bytes()).and_then(RollupRequest::try_from);
             assert!(matches!(r, Err(Error::BadRequest(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_legal_details_keep_clear_or_set() {
+        let put = |json: &str| TenantPut::try_from(parse::<TenantPutDto>(json.as_bytes())?);
+        let kept = put(r#"{"tenant_id":"acme"}"#).unwrap();
+        assert_eq!(
+            (kept.legal_name, kept.abn, kept.address),
+            (Patch::Keep, Patch::Keep, Patch::Keep)
+        );
+        let cleared =
+            put(r#"{"tenant_id":"acme","legal_name":null,"abn":null,"address":null}"#).unwrap();
+        assert_eq!(
+            (cleared.legal_name, cleared.abn, cleared.address),
+            (Patch::Clear, Patch::Clear, Patch::Clear)
+        );
+        let set = put(
+            r#"{"tenant_id":"acme","legal_name":" Acme Pty Ltd ","abn":"51 824 753 556","address":"1 Main St\nSydney"}"#,
+        )
+        .unwrap();
+        assert_eq!(set.legal_name, Patch::Set("Acme Pty Ltd".to_string()));
+        assert_eq!(set.abn, Patch::Set(Abn::parse("51824753556").unwrap()));
+        assert_eq!(set.address, Patch::Set("1 Main St\nSydney".to_string()));
+        for bad in [
+            r#"{"tenant_id":"acme","abn":"51 824 753 557"}"#,
+            r#"{"tenant_id":"acme","abn":51824753556}"#,
+            r#"{"tenant_id":"acme","legal_name":""}"#,
+            r#"{"tenant_id":"acme","legal_name":7}"#,
+            r#"{"tenant_id":"acme","address":" "}"#,
+        ] {
+            assert!(matches!(put(bad), Err(Error::BadRequest(_))), "{bad}");
         }
     }
 

@@ -48,6 +48,8 @@ pub async fn run(
     args: &WorkerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Before connecting: a seller that cannot make a tax invoice stops the worker at start.
+    let seller = args.seller.seller()?.map(Arc::new);
     let (pool, client) = prepare(db, nats, &args.streams, "invoicer-worker").await?;
     if let Some(addr) = args.metrics_addr {
         crate::metrics::serve(addr, pool.clone())?;
@@ -95,6 +97,7 @@ pub async fn run(
         relay: notify.clone(),
         concurrency: args.service_concurrency,
         shutdown: stop.clone(),
+        seller,
     };
     parts.spawn(async move { ("service", service.run().await) });
     let relay = Relay {

@@ -14,6 +14,7 @@ use common::{
 use futures::future::join_all;
 use invoicer::api::Endpoint;
 use invoicer::client::{call_raw, ServiceError};
+use invoicer::config::WorkerArgs;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
@@ -39,7 +40,12 @@ impl Env {
     async fn start() -> Env {
         let db = TestDb::new().await;
         let nats = NatsServer::start();
-        let worker = Worker::start(&db, &nats).await;
+        // With a seller, so the render endpoints answer with documents.
+        let args = WorkerArgs {
+            seller: common::seller_args(),
+            ..WorkerArgs::default()
+        };
+        let worker = Worker::start_with(db.args(), nats.args(), args).await;
         let client = nats.client().await;
         let js = jetstream::new(client.clone());
         Env {
@@ -663,6 +669,24 @@ fn bad_cases(ep: Endpoint) -> Vec<(String, Value, &'static str)> {
         }
         Endpoint::TenantList => list_cases(),
         Endpoint::AdminGet | Endpoint::TenantGet => id_cases(),
+        Endpoint::AdminRender | Endpoint::TenantRender => {
+            let id = Uuid::new_v4();
+            let mut v = id_cases();
+            v.push(c(
+                "unknown format",
+                json!({"id": id, "format": "docx"}),
+                BAD,
+            ));
+            v.push(c(
+                "format in capitals",
+                json!({"id": id, "format": "PDF"}),
+                BAD,
+            ));
+            v.push(c("empty format", json!({"id": id, "format": ""}), BAD));
+            v.push(c("numeric format", json!({"id": id, "format": 1}), BAD));
+            v.push(c("format without an id", json!({"format": "pdf"}), BAD));
+            v
+        }
         Endpoint::AdminIssue | Endpoint::AdminMarkPaid | Endpoint::AdminVoid => transition_cases(),
         Endpoint::RevenueSummary => vec![
             c("missing period_start", json!({}), BAD),
@@ -940,6 +964,17 @@ async fn accepts_unknown_fields(env: &Env, ep: Endpoint, fx: &Fixture) {
                 "{what}: {v}"
             );
             assert!(v["ready"].is_boolean(), "{what}: {v}");
+        }
+        Endpoint::AdminRender | Endpoint::TenantRender => {
+            let v = env
+                .ok(&subject, extra(json!({"id": fx.acme_invoice})))
+                .await;
+            assert_eq!(v["content_type"], "text/html; charset=utf-8", "{what}");
+            let body = v["body"].as_str().unwrap_or_default();
+            assert!(
+                body.starts_with("<!DOCTYPE html>") && body.contains("Tax invoice"),
+                "{what}: {body}"
+            );
         }
     }
 }
@@ -1220,6 +1255,9 @@ fn template(ep: Endpoint, invoice: &str) -> Value {
             "active_from": "2026-04-01T00:00:00Z", "active_to": null, "tax_rate": "0.10"}),
         // No fields of its own; one unknown field gives the mutations something to work on.
         Endpoint::Health => json!({"probe": "fuzz"}),
+        Endpoint::AdminRender | Endpoint::TenantRender => {
+            json!({"id": invoice, "format": "html"})
+        }
     }
 }
 
@@ -1278,6 +1316,11 @@ fn check_success(ep: Endpoint, tenant: &str, v: &Value) -> Result<(), String> {
                     || (v["tenant_id"] == tenant && v["status"] == "preview"))
         }
         Endpoint::Health => v["ready"].is_boolean() && v["checks"].is_array(),
+        Endpoint::AdminRender | Endpoint::TenantRender => {
+            ["text/html; charset=utf-8", "application/pdf"]
+                .contains(&v["content_type"].as_str().unwrap_or(""))
+                && v["body"].as_str().is_some_and(|b| !b.is_empty())
+        }
     };
     if ok {
         Ok(())

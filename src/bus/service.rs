@@ -3,6 +3,7 @@
 //! need be, and the caller's scope comes from the subject alone.
 
 use crate::api::{self, Endpoint};
+use crate::document::Seller;
 use crate::error::Error;
 use async_nats::service::{self, ServiceExt};
 use futures::StreamExt;
@@ -21,6 +22,8 @@ pub struct Service {
     pub relay: Arc<Notify>,
     pub concurrency: usize,
     pub shutdown: CancellationToken,
+    /// The supplier on tax invoice documents (`None`: documents are not enabled).
+    pub seller: Option<Arc<Seller>>,
 }
 
 impl Service {
@@ -78,6 +81,7 @@ impl Service {
             let ctx = api::Ctx {
                 pool: &self.pool,
                 relay: &self.relay,
+                seller: self.seller.as_deref(),
             };
             let result = match ep.scope(&subject) {
                 Ok(scope) => api::handle(&ctx, ep, &scope, &request.message.payload).await,

@@ -4,8 +4,26 @@ use super::InvoicesCommand;
 use crate::api::MAX_LIST_LIMIT;
 use crate::client::call;
 use crate::config::NatsArgs;
-use anyhow::Context;
+use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+/// `--format` of `invoices render`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RenderFormat {
+    Html,
+    Pdf,
+}
+
+impl RenderFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            RenderFormat::Html => "html",
+            RenderFormat::Pdf => "pdf",
+        }
+    }
+}
 
 pub async fn run(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<()> {
     let client = crate::bus::connect(nats, "invoicer-cli").await?;
@@ -64,6 +82,9 @@ pub async fn run(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<()
             .await
             .context("mark_paid")?,
         ),
+        InvoicesCommand::Render { id, format, output } => {
+            render(&client, &id, format, output.as_deref()).await?
+        }
         InvoicesCommand::Void { id, reason } => show(
             &call(
                 &client,
@@ -72,6 +93,53 @@ pub async fn run(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<()
             )
             .await?,
         ),
+    }
+    Ok(())
+}
+
+/// Fetches a document through `billing.admin.invoices.render` and writes its bytes.
+async fn render(
+    client: &async_nats::Client,
+    id: &str,
+    format: RenderFormat,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    // Checked before the request, so nothing is fetched only to be refused.
+    if output.is_none() && format == RenderFormat::Pdf && std::io::stdout().is_terminal() {
+        bail!("refusing to write a PDF to the terminal: use -o FILE or redirect standard output");
+    }
+    let reply = call(
+        client,
+        "billing.admin.invoices.render",
+        &json!({"id": id, "format": format.as_str()}),
+    )
+    .await?;
+    let body = reply["body"]
+        .as_str()
+        .with_context(|| format!("render reply has no body: {reply}"))?;
+    let bytes = match format {
+        RenderFormat::Html => body.as_bytes().to_vec(),
+        RenderFormat::Pdf => base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .context("the PDF in the reply is not valid base64")?,
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "Wrote {} ({} bytes, {})",
+                path.display(),
+                bytes.len(),
+                reply["content_type"].as_str().unwrap_or("unknown type")
+            );
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .context("writing to standard output")?;
+            out.flush().context("writing to standard output")?;
+        }
     }
     Ok(())
 }

@@ -193,6 +193,17 @@ pub enum InvoicesCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Write an invoice's tax invoice document (CONTRACT.md 5b) as HTML or PDF.
+    Render {
+        /// Invoice id (UUID).
+        id: String,
+        /// Document format.
+        #[arg(long, value_enum, default_value_t = invoices::RenderFormat::Html)]
+        format: invoices::RenderFormat,
+        /// Write the document to FILE (default: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 fn parse_cron(s: &str) -> Result<Box<Schedule>, String> {

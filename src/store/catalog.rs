@@ -1,5 +1,6 @@
 //! Catalog rows: tenants, plans, add-ons, subscriptions.
 
+use crate::abn::Abn;
 use crate::catalog::*;
 use crate::error::{Error, Result};
 use crate::wire::{OverageDto, TenantPut};
@@ -8,26 +9,48 @@ use sqlx::{PgExecutor, PgPool, Row};
 use std::collections::BTreeMap;
 
 fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant> {
+    let id = TenantId::parse(row.try_get("tenant_id")?)?;
+    // Checked on the way in; a row edited by hand must not stop the rollup, which reads
+    // tenants through here too, so a bad stored ABN is logged and treated as absent.
+    let abn = row.try_get::<Option<&str>, _>("abn")?.and_then(|digits| {
+        Abn::parse(digits)
+            .map_err(|e| tracing::warn!(tenant = %id, error = %e, "ignoring the stored ABN"))
+            .ok()
+    });
     Ok(Tenant {
-        id: TenantId::parse(row.try_get("tenant_id")?)?,
+        id,
         currency: Currency::parse(row.try_get("currency")?)?,
         tax: TaxPolicy {
             rate: row.try_get("tax_rate")?,
             label: row.try_get("tax_label")?,
             exempt: row.try_get("tax_exempt")?,
         },
+        legal: LegalDetails {
+            legal_name: row.try_get("legal_name")?,
+            abn,
+            address: row.try_get("address")?,
+        },
     })
 }
 
 pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
+    // Legal details are patches: ($n: change it?, $n+1: to what, NULL clears).
+    let (name_set, name) = t.legal_name.change();
+    let (abn_set, abn) = t.abn.change();
+    let (address_set, address) = t.address.change();
     let row = sqlx::query(
-        "INSERT INTO tenants (tenant_id, currency, tax_rate, tax_label, tax_exempt)
-         VALUES ($1, coalesce($2, 'AUD'), coalesce($3, 0.10), coalesce($4, 'GST'), coalesce($5, false))
+        "INSERT INTO tenants (tenant_id, currency, tax_rate, tax_label, tax_exempt,
+                              legal_name, abn, address)
+         VALUES ($1, coalesce($2, 'AUD'), coalesce($3, 0.10), coalesce($4, 'GST'), coalesce($5, false),
+                 $7, $9, $11)
          ON CONFLICT (tenant_id) DO UPDATE SET
            currency = coalesce($2, tenants.currency),
            tax_rate = coalesce($3, tenants.tax_rate),
            tax_label = coalesce($4, tenants.tax_label),
            tax_exempt = coalesce($5, tenants.tax_exempt),
+           legal_name = CASE WHEN $6 THEN $7 ELSE tenants.legal_name END,
+           abn = CASE WHEN $8 THEN $9 ELSE tenants.abn END,
+           address = CASE WHEN $10 THEN $11 ELSE tenants.address END,
            updated_at = now()
          RETURNING *",
     )
@@ -36,6 +59,12 @@ pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
     .bind(t.tax_rate)
     .bind(t.tax_label.as_deref())
     .bind(t.tax_exempt)
+    .bind(name_set)
+    .bind(name)
+    .bind(abn_set)
+    .bind(abn.map(|a| a.digits()))
+    .bind(address_set)
+    .bind(address)
     .fetch_one(pool)
     .await?;
     tenant_from_row(&row)

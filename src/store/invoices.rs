@@ -102,6 +102,22 @@ pub async fn get(db: &mut PgConnection, id: Uuid, tenant: Option<&str>) -> Resul
         .ok_or_else(|| Error::NotFound(format!("invoice {id} not found")))
 }
 
+/// The numbers of the given invoices (`None` for a draft that was never issued).
+pub async fn numbers(db: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, Option<String>>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, Option<i64>)> =
+        sqlx::query_as("SELECT id, number FROM invoices WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(db)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, n)| (id, n.map(format_number)))
+        .collect())
+}
+
 /// The live invoice of a tenant for a period, if any.
 pub async fn live_for_period(
     db: &mut PgConnection,

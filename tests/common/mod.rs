@@ -428,3 +428,12 @@ impl Drop for WorkerProcess {
 pub async fn count(db: &TestDb, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
 }
+
+/// The supplier on tax invoice documents in tests (the ATO's own example ABN).
+pub fn seller_args() -> invoicer::config::SellerArgs {
+    invoicer::config::SellerArgs {
+        seller_name: Some("Droplet Cloud Pty Ltd".into()),
+        seller_abn: Some("51 824 753 556".into()),
+        seller_address: Some("1 Example Street\nSydney NSW 2000".into()),
+    }
+}
