@@ -116,6 +116,12 @@ pub fn format_number(n: i64) -> String {
     format!("INV-{n:06}")
 }
 
+/// Puts `number` into an invoice serialised without one. `"number":null` first occurs as the
+/// invoice's own field (it follows `id`); strings inside cannot contain it unescaped.
+pub fn with_number(payload: &str, number: &str) -> String {
+    payload.replacen("\"number\":null", &format!("\"number\":\"{number}\""), 1)
+}
+
 /// The sequence number inside `INV-000123`.
 pub fn parse_number(number: &str) -> Option<i64> {
     number.strip_prefix("INV-")?.parse().ok()

@@ -211,8 +211,19 @@ impl Relay {
         let mut acks: Vec<(usize, PublishAckFuture)> = Vec::with_capacity(pending.len());
         let mut failed = Vec::new();
         for (row, p) in pending.iter().enumerate() {
+            let body = match p.body() {
+                Ok(body) => body,
+                Err(error) => {
+                    failed.push(Failed {
+                        row,
+                        hopeless: false,
+                        error,
+                    });
+                    continue;
+                }
+            };
             let msg = PublishMessage::build()
-                .payload(p.payload.clone().into())
+                .payload(body.into())
                 .message_id(&p.msg_id);
             match self.js.send_publish(p.subject.clone(), msg).await {
                 Ok(ack) => acks.push((row, ack)),

@@ -10,9 +10,10 @@
 use super::decide;
 use super::Action;
 use crate::catalog::{Catalog, Tenant};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::invoice::{format_number, Invoice, Line, Status};
 use crate::quote::{quote_tenant, MeteredSubscription};
+use crate::store::outbox;
 use crate::store::outbox::Event;
 use crate::store::rollup::{self as q, BatchCounts, TenantFailure};
 use crate::store::{catalog, invoices};
@@ -226,43 +227,33 @@ impl BatchPlan {
                 events.push(super::invoice_event(&inv));
             }
         }
-        // Serialised before the counter is taken; the number is spliced in afterwards.
-        let issued: Vec<(usize, String)> = self
-            .invoices
-            .iter()
-            .enumerate()
-            .filter(|(_, inv)| inv.status == Status::Issued)
-            .map(|(i, inv)| {
-                serde_json::to_string(inv)
-                    .map(|p| (i, p))
-                    .map_err(|e| Error::Internal(format!("serialising invoice {}: {e}", inv.id)))
-            })
-            .collect::<Result<_>>()?;
-        clock.lap("serialise");
-        if !issued.is_empty() {
-            let first = invoices::allocate_numbers(tx, issued.len() as i64).await?;
-            for (n, (i, payload)) in issued.into_iter().enumerate() {
-                let number = format_number(first + n as i64);
-                let inv = &mut self.invoices[i];
-                events.push(Event {
-                    subject: "billing.invoice.issued".into(),
-                    msg_id: format!("{}:issued", inv.id),
-                    payload: with_number(&payload, &number),
-                });
-                inv.number = Some(number);
+        // Issued events go in before the counter is taken, waiting for their numbers: the relay
+        // splices each in from its invoice when it publishes.
+        let mut issued = 0;
+        for inv in self.invoices.iter().filter(|i| i.status == Status::Issued) {
+            let mut event = super::invoice_event(inv);
+            event.number_of = Some(inv.id);
+            events.push(event);
+            issued += 1;
+        }
+        outbox::insert(tx, &events).await?;
+        clock.lap("outbox");
+        if issued > 0 {
+            let first = invoices::allocate_numbers(tx, issued).await?;
+            for (n, inv) in self
+                .invoices
+                .iter_mut()
+                .filter(|i| i.status == Status::Issued)
+                .enumerate()
+            {
+                inv.number = Some(format_number(first + n as i64));
             }
         }
         clock.lap("number");
-        invoices::insert_with_events(tx, &self.invoices, &events, key).await?;
-        clock.lap("invoices+outbox");
+        invoices::insert(tx, &self.invoices, key).await?;
+        clock.lap("invoices");
         Ok(())
     }
-}
-
-/// Puts `number` into an invoice serialised without one. `"number":null` first occurs as the
-/// invoice's own field (it follows `id`); strings inside cannot contain it unescaped.
-fn with_number(payload: &str, number: &str) -> String {
-    payload.replacen("\"number\":null", &format!("\"number\":\"{number}\""), 1)
 }
 
 #[cfg(test)]
@@ -305,7 +296,7 @@ mod tests {
         let unnumbered = serde_json::to_string(&inv).unwrap();
         inv.number = Some(format_number(1_234_567));
         assert_eq!(
-            with_number(&unnumbered, "INV-1234567"),
+            crate::invoice::with_number(&unnumbered, "INV-1234567"),
             serde_json::to_string(&inv).unwrap()
         );
     }

@@ -3,7 +3,6 @@
 
 use crate::error::{Error, Result};
 use crate::invoice::{format_number, Invoice, Line, LineKind, QuoteLine, Status};
-use crate::store::outbox::Event;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -444,30 +443,15 @@ pub async fn insert_lines<'a>(
     Ok(())
 }
 
-/// Inserts invoice rows and the events announcing them in one statement: the last write of a
-/// batch, made while the number counter is held.
-pub async fn insert_with_events(
-    db: &mut PgConnection,
-    invoices: &[Invoice],
-    events: &[Event],
-    request_key: &str,
-) -> Result<()> {
+/// Inserts invoice rows: the last write of a batch, made while the number counter is held.
+pub async fn insert(db: &mut PgConnection, invoices: &[Invoice], request_key: &str) -> Result<()> {
     let numbers = invoices.iter().map(number_of).collect::<Result<Vec<_>>>()?;
     sqlx::query(
-        "WITH inv AS (
-           INSERT INTO invoices (id, number, tenant_id, period_start, period_end, currency, status,
-             subtotal_cents, tax_cents, total_cents, issued_at, supersedes, rollup_request_id)
-           SELECT *, $13 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::date[],
-             $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::timestamptz[],
-             $12::uuid[])
-         ), ev AS (
-           INSERT INTO outbox (subject, msg_id, payload)
-           SELECT s, m, p FROM unnest($14::text[], $15::text[], $16::text[])
-             WITH ORDINALITY AS t(s, m, p, o)
-           ORDER BY o
-           ON CONFLICT (msg_id) DO NOTHING
-         )
-         SELECT 1",
+        "INSERT INTO invoices (id, number, tenant_id, period_start, period_end, currency, status,
+           subtotal_cents, tax_cents, total_cents, issued_at, supersedes, rollup_request_id)
+         SELECT *, $13 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::date[],
+           $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::timestamptz[],
+           $12::uuid[])",
     )
     .bind(invoices.iter().map(|i| i.id).collect::<Vec<_>>())
     .bind(numbers)
@@ -502,19 +486,6 @@ pub async fn insert_with_events(
     .bind(invoices.iter().map(|i| i.issued_at).collect::<Vec<_>>())
     .bind(invoices.iter().map(|i| i.supersedes).collect::<Vec<_>>())
     .bind(request_key)
-    .bind(
-        events
-            .iter()
-            .map(|e| e.subject.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.msg_id.as_str()).collect::<Vec<_>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.payload.as_str())
-            .collect::<Vec<_>>(),
-    )
     .execute(db)
     .await?;
     Ok(())

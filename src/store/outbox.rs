@@ -13,6 +13,8 @@ pub struct Event {
     pub subject: String,
     pub msg_id: String,
     pub payload: String,
+    /// The invoice whose number the relay splices into the payload (`"number":null` until then).
+    pub number_of: Option<uuid::Uuid>,
 }
 
 impl Event {
@@ -21,6 +23,7 @@ impl Event {
             subject: subject.to_string(),
             msg_id,
             payload: serde_json::to_string(payload).expect("event payloads serialise"),
+            number_of: None,
         }
     }
 }
@@ -33,15 +36,18 @@ pub async fn insert(db: &mut PgConnection, events: &[Event]) -> Result<()> {
     let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
     let ids: Vec<&str> = events.iter().map(|e| e.msg_id.as_str()).collect();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    let numbers: Vec<Option<uuid::Uuid>> = events.iter().map(|e| e.number_of).collect();
     sqlx::query(
-        "INSERT INTO outbox (subject, msg_id, payload)
-         SELECT s, m, p FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(s, m, p, o)
+        "INSERT INTO outbox (subject, msg_id, payload, number_of)
+         SELECT s, m, p, n FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
+           WITH ORDINALITY AS t(s, m, p, n, o)
          ORDER BY o
          ON CONFLICT (msg_id) DO NOTHING",
     )
     .bind(&subjects)
     .bind(&ids)
     .bind(&payloads)
+    .bind(&numbers)
     .execute(db)
     .await?;
     Ok(())
@@ -55,6 +61,22 @@ pub struct Pending {
     pub payload: String,
     /// Failed attempts so far.
     pub attempts: i32,
+    /// `Some` when the payload waits for an invoice's number: that number, if it has one.
+    pub number: Option<Option<i64>>,
+}
+
+impl Pending {
+    /// The payload as published: with the invoice's number spliced in where it waits for one.
+    pub fn body(&self) -> std::result::Result<String, String> {
+        match self.number {
+            None => Ok(self.payload.clone()),
+            Some(Some(n)) => Ok(crate::invoice::with_number(
+                &self.payload,
+                &crate::invoice::format_number(n),
+            )),
+            Some(None) => Err("the event's invoice has no number".into()),
+        }
+    }
 }
 
 /// Claims up to `limit` events due for publishing for `lease`, oldest first: unpublished, not
@@ -64,14 +86,16 @@ pub struct Pending {
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pending>> {
     let rows = sqlx::query(
         "WITH c AS (
-            SELECT id FROM outbox
+            SELECT id, number_of FROM outbox
             WHERE published_at IS NULL AND parked_at IS NULL
               AND (claimed_until IS NULL OR claimed_until < now())
               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
          UPDATE outbox o SET claimed_until = now() + $2 * interval '1 millisecond'
-         FROM c WHERE o.id = c.id
-         RETURNING o.id, o.subject, o.msg_id, o.payload, o.attempts",
+         FROM c LEFT JOIN invoices i ON i.id = c.number_of
+         WHERE o.id = c.id
+         RETURNING o.id, o.subject, o.msg_id, o.payload, o.attempts,
+                   o.number_of IS NOT NULL AS numbered, i.number",
     )
     .bind(limit)
     .bind(lease.as_millis() as f64)
@@ -86,6 +110,10 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pen
                 msg_id: r.try_get("msg_id")?,
                 payload: r.try_get("payload")?,
                 attempts: r.try_get("attempts")?,
+                number: r
+                    .try_get::<bool, _>("numbered")?
+                    .then(|| r.try_get("number"))
+                    .transpose()?,
             })
         })
         .collect::<Result<_>>()?;
