@@ -485,6 +485,7 @@ pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>)
         id: TenantId::parse("quote")?,
         currency: Currency::parse(plan.currency.as_str())?,
         tax,
+        grace_period: None,
     };
     let sub = Subscription {
         id: Uuid::nil(),

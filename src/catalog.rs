@@ -127,6 +127,8 @@ pub struct Tenant {
     pub id: TenantId,
     pub currency: Currency,
     pub tax: TaxPolicy,
+    /// Its own grace window; `None` follows the platform default.
+    pub grace_period: Option<crate::grace::GracePeriod>,
 }
 
 impl Tenant {
@@ -135,6 +137,7 @@ impl Tenant {
             id,
             currency: Currency::aud(),
             tax: TaxPolicy::default(),
+            grace_period: None,
         }
     }
 }

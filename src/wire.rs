@@ -3,6 +3,7 @@
 
 use crate::catalog::*;
 use crate::error::Error;
+use crate::grace::GracePeriod;
 use crate::money::Dec;
 use crate::period::Period;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -276,6 +277,18 @@ pub struct TenantPutDto {
     pub tax_label: Option<String>,
     #[serde(default)]
     pub tax_exempt: Option<bool>,
+    /// Omitted: unchanged; `null`: the platform default; a string: the tenant's own window.
+    #[serde(default, deserialize_with = "present")]
+    pub grace_period: Option<Option<String>>,
+}
+
+/// Tells a field given as `null` (`Some(None)`) from one left out (`None`, by `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A validated `tenants.put`.
@@ -286,6 +299,8 @@ pub struct TenantPut {
     pub tax_rate: Option<Decimal>,
     pub tax_label: Option<String>,
     pub tax_exempt: Option<bool>,
+    /// `None`: unchanged; `Some(None)`: the platform default.
+    pub grace_period: Option<Option<GracePeriod>>,
 }
 
 impl TryFrom<TenantPutDto> for TenantPut {
@@ -304,6 +319,11 @@ impl TryFrom<TenantPutDto> for TenantPut {
             tax_rate: t.tax_rate.map(|d| d.0),
             tax_label: t.tax_label.map(|l| l.trim().to_string()),
             tax_exempt: t.tax_exempt,
+            grace_period: t
+                .grace_period
+                .map(|g| g.as_deref().map(GracePeriod::parse).transpose())
+                .transpose()
+                .map_err(Error::bad)?,
         })
     }
 }
@@ -315,6 +335,8 @@ pub struct TenantDto {
     pub tax_rate: Dec,
     pub tax_label: String,
     pub tax_exempt: bool,
+    /// `null` when the tenant follows the platform default.
+    pub grace_period: Option<String>,
 }
 
 impl From<&Tenant> for TenantDto {
@@ -325,6 +347,7 @@ impl From<&Tenant> for TenantDto {
             tax_rate: Dec(t.tax.rate),
             tax_label: t.tax.label.clone(),
             tax_exempt: t.tax.exempt,
+            grace_period: t.grace_period.as_ref().map(GracePeriod::to_string),
         }
     }
 }

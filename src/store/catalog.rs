@@ -2,6 +2,7 @@
 
 use crate::catalog::*;
 use crate::error::{Error, Result};
+use crate::grace::GracePeriod;
 use crate::wire::{OverageDto, TenantPut};
 use rust_decimal::Decimal;
 use sqlx::{PgExecutor, PgPool, Row};
@@ -16,18 +17,26 @@ fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant> {
             label: row.try_get("tax_label")?,
             exempt: row.try_get("tax_exempt")?,
         },
+        grace_period: row
+            .try_get::<Option<&str>, _>("grace_period")?
+            .map(|g| {
+                GracePeriod::parse(g)
+                    .map_err(|e| Error::Internal(format!("stored grace_period is invalid: {e}")))
+            })
+            .transpose()?,
     })
 }
 
 pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
     let row = sqlx::query(
-        "INSERT INTO tenants (tenant_id, currency, tax_rate, tax_label, tax_exempt)
-         VALUES ($1, coalesce($2, 'AUD'), coalesce($3, 0.10), coalesce($4, 'GST'), coalesce($5, false))
+        "INSERT INTO tenants (tenant_id, currency, tax_rate, tax_label, tax_exempt, grace_period)
+         VALUES ($1, coalesce($2, 'AUD'), coalesce($3, 0.10), coalesce($4, 'GST'), coalesce($5, false), $7)
          ON CONFLICT (tenant_id) DO UPDATE SET
            currency = coalesce($2, tenants.currency),
            tax_rate = coalesce($3, tenants.tax_rate),
            tax_label = coalesce($4, tenants.tax_label),
            tax_exempt = coalesce($5, tenants.tax_exempt),
+           grace_period = CASE WHEN $6 THEN $7 ELSE tenants.grace_period END,
            updated_at = now()
          RETURNING *",
     )
@@ -36,6 +45,8 @@ pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
     .bind(t.tax_rate)
     .bind(t.tax_label.as_deref())
     .bind(t.tax_exempt)
+    .bind(t.grace_period.is_some())
+    .bind(t.grace_period.clone().flatten().map(|g| g.to_string()))
     .fetch_one(pool)
     .await?;
     tenant_from_row(&row)

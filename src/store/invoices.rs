@@ -13,7 +13,7 @@ use uuid::Uuid;
 pub(crate) const INVOICE_COLUMNS: &str =
     "id, number, tenant_id, period_start, period_end, currency, status,
     subtotal_cents, tax_cents, total_cents, issued_at, paid_at, voided_at, void_reason,
-    supersedes, superseded_by";
+    supersedes, superseded_by, finalizes_at";
 
 pub(crate) fn invoice_from_row(row: &PgRow) -> Result<Invoice> {
     let status: &str = row.try_get("status")?;
@@ -30,6 +30,7 @@ pub(crate) fn invoice_from_row(row: &PgRow) -> Result<Invoice> {
         tax_cents: row.try_get("tax_cents")?,
         total_cents: row.try_get("total_cents")?,
         issued_at: row.try_get("issued_at")?,
+        finalizes_at: row.try_get("finalizes_at")?,
         paid_at: row.try_get("paid_at")?,
         voided_at: row.try_get("voided_at")?,
         void_reason: row.try_get("void_reason")?,
