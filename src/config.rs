@@ -87,6 +87,12 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464 (off when unset).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The platform's grace window, an ISO 8601 duration up to P31D (PT1H, P3D): a rollup's
+    /// invoices stay drafts that absorb late usage for this long, then are issued. PT0S issues at
+    /// once. A tenant's own `grace_period` overrides it.
+    #[arg(long, env = "GRACE_PERIOD", default_value = "PT0S",
+          value_parser = crate::grace::GracePeriod::parse)]
+    pub grace_period: crate::grace::GracePeriod,
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
@@ -99,6 +105,7 @@ impl Default for WorkerArgs {
             service_concurrency: 8,
             streams: StreamArgs::default(),
             metrics_addr: None,
+            grace_period: crate::grace::GracePeriod::zero(),
         }
     }
 }

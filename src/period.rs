@@ -17,7 +17,7 @@ pub enum PeriodError {
 }
 
 /// `[start, end)` in UTC calendar dates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Period {
     pub start: NaiveDate,
     pub end: NaiveDate,
