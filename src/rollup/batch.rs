@@ -86,7 +86,7 @@ pub async fn run(
             now,
         );
         let subs = by_tenant.remove(tenant.id.as_str()).unwrap_or_default();
-        plan.add(tenant, outcome, &subs, &catalog, req, now);
+        plan.add(req, tenant, outcome, &subs, &catalog, now);
     }
     clock.lap("price");
     plan.write(tx, key, now, &mut clock).await?;
@@ -140,11 +140,11 @@ struct BatchPlan {
 impl BatchPlan {
     fn add(
         &mut self,
+        req: &RollupRequest,
         tenant: &Tenant,
         outcome: Outcome,
         subs: &[MeteredSubscription],
         catalog: &Catalog,
-        req: &RollupRequest,
         now: DateTime<Utc>,
     ) {
         let Outcome {
