@@ -111,15 +111,21 @@ impl Period {
         next_from: Option<DateTime<Utc>>,
     ) -> i64 {
         let days = self.active_days(from, to);
+        days - i64::from(days > 0 && self.cedes_last_day(to, next_from))
+    }
+
+    /// Whether a subscription ending at `to` gives its last day of this period to the next
+    /// subscription, which begins at `next_from`, on that same day.
+    pub fn cedes_last_day(
+        &self,
+        to: Option<DateTime<Utc>>,
+        next_from: Option<DateTime<Utc>>,
+    ) -> bool {
         let (Some(to), Some(next)) = (to, next_from) else {
-            return days;
+            return false;
         };
         let last = (to - TimeDelta::nanoseconds(1)).date_naive();
-        let ceded = days > 0
-            && next >= to
-            && next.date_naive() == last
-            && (self.start..self.end).contains(&last);
-        days - i64::from(ceded)
+        next >= to && next.date_naive() == last && (self.start..self.end).contains(&last)
     }
 
     /// Whether `[from, to)` overlaps this period at all.

@@ -133,11 +133,13 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
     for addon in addons {
         check_currency("addon", &addon.code, &addon.currency, currency)?;
     }
-    if period.active_days(input.active_from, input.active_to) == 0 {
+    let active = period.active_days(input.active_from, input.active_to);
+    if active == 0 {
         return Err(QuoteError::NotActive(period));
     }
-    // May be zero: a subscription whose every day went to the next one still bills its usage.
-    let active = period.billed_days(input.active_from, input.active_to, input.next_from);
+    // Days charged (`Period::billed_days`). May be zero: a subscription whose every day went
+    // to the next one still bills its usage.
+    let active = active - i64::from(period.cedes_last_day(input.active_to, input.next_from));
     let period_days = u32::try_from(period.days()).map_err(|_| overflow("period"))?;
     let active = u32::try_from(active).map_err(|_| overflow("period"))?;
     // (a, D): the proration as a fraction; `none` bills any charged day's period in full.

@@ -117,6 +117,8 @@ pub async fn run(
 
     let mut failure: Option<anyhow::Error> = None;
     tokio::select! {
+        // A part that ends because of the shutdown is not a failure: look at the signal first.
+        biased;
         _ = stop.cancelled() => tracing::info!("shutting down"),
         Some(joined) = parts.join_next() => {
             failure = Some(stopped(joined));

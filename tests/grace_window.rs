@@ -316,7 +316,7 @@ async fn tenants_put_validates_grace_period() {
 async fn force_reruns_keep_an_open_window_and_an_admin_issue_finalizes_early() {
     let db = TestDb::new().await;
     let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
+    let worker = Worker::start(&db, &nats).await;
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
     load_seed_catalog(&client).await;
@@ -431,6 +431,8 @@ async fn force_reruns_keep_an_open_window_and_an_admin_issue_finalizes_early() {
     );
     assert_eq!(new["subtotal_cents"], 5750 + 40);
     assert_eq!(outbox_rows(&db, "usage-late:%").await, 1);
+    // The grace-draft loop stops with the rest of the worker, cleanly.
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 /// issued after its `finalizes_at`, within about this long.
 pub const EVERY: Duration = Duration::from_secs(1);
 
+/// Batches of each kind per round, so that a flood of marks cannot hold up the finalizer (or
+/// the reverse): what is left is taken the next round.
+const MAX_BATCHES: usize = 20;
+
 pub struct DraftLoop {
     pub pool: PgPool,
     /// Tenants per transaction.
@@ -55,14 +59,14 @@ impl DraftLoop {
     /// Refreshes, then finalizes; returns how many invoices it issued.
     async fn round(&self) -> crate::error::Result<usize> {
         let batch = self.batch.max(1);
-        loop {
+        for _ in 0..MAX_BATCHES {
             let taken = drafts::refresh(&self.pool, batch, Utc::now()).await?;
             if (taken as i64) < batch || self.shutdown.is_cancelled() {
                 break;
             }
         }
         let mut issued = 0;
-        loop {
+        for _ in 0..MAX_BATCHES {
             let round = finalize::round(&self.pool, batch, Utc::now()).await?;
             issued += round.issued;
             if round.issued > 0 {
