@@ -668,7 +668,7 @@ proptest! {
             .collect();
         let mut starts = vec![first];
         starts.extend(points.iter().copied());
-        let subs: Vec<MeteredSubscription> = starts
+        let mut subs: Vec<MeteredSubscription> = starts
             .iter()
             .enumerate()
             .map(|(i, from)| MeteredSubscription {
@@ -684,16 +684,22 @@ proptest! {
                 usage: BTreeMap::new(),
             })
             .collect();
+        // As the store does, only subscriptions active in the period (a change at midnight
+        // on the 1st ends a March subscription before April).
+        subs.retain(|m| april().overlaps(m.subscription.started_at, m.subscription.ended_at));
         let tenant = Tenant::with_defaults(TenantId::parse("acme").unwrap());
         let q = quote_tenant(&tenant, &subs, &catalog_of(plans), april()).unwrap().quote;
         let base_lines: Vec<_> = q.lines.iter().filter(|l| l.kind == LineKind::PlanBase).collect();
         prop_assert_eq!(base_lines.len(), subs.len());
-        let used = &bases[..subs.len()];
+        let used: Vec<Decimal> = subs
+            .iter()
+            .map(|m| bases[m.subscription.plan[1..].parse::<usize>().unwrap()])
+            .collect();
         let dearest = used.iter().copied().max().unwrap();
         let days = Decimal::from(april().days());
         let mut exact = Decimal::ZERO;
         let mut billed_days = 0;
-        for (m, base) in subs.iter().zip(used) {
+        for (m, base) in subs.iter().zip(&used) {
             let s = &m.subscription;
             let next = subs.iter().map(|o| o.subscription.started_at).find(|t| Some(*t) >= s.ended_at && s.ended_at.is_some());
             let a = april().billed_days(s.started_at, s.ended_at, next);
