@@ -442,7 +442,16 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
             to.as_str()
         )));
     }
-    let was_issued = inv.status == Status::Issued;
+    // An open grace draft is issued the way its window would have closed: recomputed from all
+    // usage stored so far, then numbered (CONTRACT.md section 5a).
+    if to == Status::Issued && inv.finalizes_at.is_some() {
+        let issued = crate::rollup::finalize::early(&mut tx, &inv, now).await?;
+        tx.commit().await?;
+        ctx.relay.notify_one();
+        return to_value(issued);
+    }
+    // Issued invoices and open grace drafts were announced, so their voiding is too.
+    let was_announced = inv.status == Status::Issued || inv.finalizes_at.is_some();
     match to {
         Status::Issued => {
             let n = store::invoices::allocate_numbers(&mut tx, 1).await?;
@@ -464,8 +473,8 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
     inv.status = to;
     store::invoices::set_status(&mut tx, &inv).await?;
     let full = store::invoices::get(&mut tx, inv.id, None).await?;
-    // A draft that was never issued was never announced, so its voiding is not either.
-    if to != Status::Void || was_issued {
+    // A draft that was never announced (a `draft` run's) is voided silently.
+    if to != Status::Void || was_announced {
         store::outbox::insert(&mut tx, &[invoice_event(&full)]).await?;
     }
     tx.commit().await?;
@@ -494,6 +503,7 @@ pub async fn preview(
     let plans: Vec<String> = subs.iter().map(|s| s.plan.clone()).collect();
     let addons: Vec<String> = subs.iter().flat_map(|s| s.addons.clone()).collect();
     let catalog = store::catalog::load_catalog(&mut tx, &plans, &addons).await?;
+    let finalizes_at = store::grace::open_window(&mut tx, tenant_id.as_str(), period.start).await?;
     tx.rollback().await?;
     let metered: Vec<MeteredSubscription> = subs
         .into_iter()
@@ -512,6 +522,8 @@ pub async fn preview(
         "subtotal_cents": q.subtotal_cents,
         "tax_cents": q.tax_cents,
         "total_cents": q.total_cents,
+        // When the open draft this preview anticipates is issued, if there is one.
+        "finalizes_at": finalizes_at,
         "lines": q.lines,
     }))
 }
@@ -570,6 +582,7 @@ pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>)
         currency: Currency::parse(plan.currency.as_str())?,
         tax,
         legal: Default::default(),
+        grace_period: None,
     };
     let sub = Subscription {
         id: Uuid::nil(),

@@ -130,6 +130,8 @@ pub struct Tenant {
     pub tax: TaxPolicy,
     /// Who the tenant is on its tax invoices; pricing never reads it.
     pub legal: LegalDetails,
+    /// Its own grace window; `None` follows the platform default.
+    pub grace_period: Option<crate::grace::GracePeriod>,
 }
 
 impl Tenant {
@@ -139,6 +141,7 @@ impl Tenant {
             currency: Currency::aud(),
             tax: TaxPolicy::default(),
             legal: LegalDetails::default(),
+            grace_period: None,
         }
     }
 }

@@ -118,6 +118,12 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub seller: SellerArgs,
+    /// The platform's grace window, an ISO 8601 duration up to P31D (PT1H, P3D): a rollup's
+    /// invoices stay drafts that absorb late usage for this long, then are issued. PT0S issues at
+    /// once. A tenant's own `grace_period` overrides it.
+    #[arg(long, env = "GRACE_PERIOD", default_value = "PT0S",
+          value_parser = crate::grace::GracePeriod::parse)]
+    pub grace_period: crate::grace::GracePeriod,
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
@@ -132,6 +138,7 @@ impl Default for WorkerArgs {
             metrics_addr: None,
             outbox_retention: crate::bus::relay::DEFAULT_RETENTION,
             seller: SellerArgs::default(),
+            grace_period: crate::grace::GracePeriod::zero(),
         }
     }
 }

@@ -140,6 +140,8 @@ pub struct Invoice {
     pub tax_cents: i64,
     pub total_cents: i64,
     pub issued_at: Option<DateTime<Utc>>,
+    /// When an open grace-window draft is issued (CONTRACT.md section 5a); `None` otherwise.
+    pub finalizes_at: Option<DateTime<Utc>>,
     pub paid_at: Option<DateTime<Utc>>,
     pub voided_at: Option<DateTime<Utc>>,
     pub void_reason: Option<String>,

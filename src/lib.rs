@@ -9,13 +9,14 @@
 //! | [`schedule`] | the month-end cron: which period each firing requests, what is due |
 //! | [`catalog`] | validated tenants, plans, add-ons, subscriptions |
 //! | [`abn`] | Australian Business Numbers and their checksum |
+//! | [`grace`] | the grace window: ISO 8601 durations up to `P31D`, when a draft closes |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
 //! | [`document`] | tax invoice documents: a view model of an invoice, rendered to HTML and PDF |
 //! | [`wire`] | JSON payloads of the contract, parsed into domain values at the edge |
 //! | [`error`] | the error classes, each with one reply code and one ack kind |
 //! | [`store`] | PostgreSQL: migrations and one module of queries per concern |
-//! | [`rollup`] | a rollup's lifecycle: tenants, batches, what one transaction holds |
+//! | [`rollup`] | a rollup's lifecycle: tenants, batches, what one transaction holds; grace drafts refreshed and finalized |
 //! | [`api`] | the request-reply endpoints, independent of the transport |
 //! | [`bus`] | NATS: streams, consumers, the outbox relay, the micro service |
 //! | [`auth`] | NATS operator mode: role permissions, JWTs, credentials, revocation |
@@ -38,6 +39,7 @@ pub mod config;
 pub mod demo;
 pub mod document;
 pub mod error;
+pub mod grace;
 pub mod invoice;
 pub mod metrics;
 pub mod money;

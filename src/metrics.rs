@@ -81,14 +81,17 @@ pub enum Part {
     UsageConsumer,
     Relay,
     WorkConsumer,
+    /// The grace-window loop: refreshes open drafts and finalizes due ones.
+    GraceDrafts,
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [
+    pub const ALL: [Part; 5] = [
         Part::RollupConsumer,
         Part::UsageConsumer,
         Part::Relay,
         Part::WorkConsumer,
+        Part::GraceDrafts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +100,7 @@ impl Part {
             Part::UsageConsumer => "usage_consumer",
             Part::Relay => "outbox_relay",
             Part::WorkConsumer => "work_consumer",
+            Part::GraceDrafts => "grace_drafts",
         }
     }
 }
@@ -107,7 +111,7 @@ struct PartState {
     last_error: Option<(DateTime<Utc>, String)>,
 }
 
-static PARTS: Mutex<[Option<PartState>; 4]> = Mutex::new([None, None, None, None]);
+static PARTS: Mutex<[Option<PartState>; 5]> = Mutex::new([None, None, None, None, None]);
 
 fn with_part(part: Part, f: impl FnOnce(&mut PartState)) {
     let mut parts = PARTS.lock().unwrap_or_else(|p| p.into_inner());

@@ -17,7 +17,7 @@ pub enum PeriodError {
 }
 
 /// `[start, end)` in UTC calendar dates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Period {
     pub start: NaiveDate,
     pub end: NaiveDate,
@@ -100,6 +100,34 @@ impl Period {
         ((last - first).num_days() + 1).max(0)
     }
 
+    /// The days of this period a subscription `[from, to)` is charged for: its active days,
+    /// less the day it ends on when the deployment's next subscription begins that same day
+    /// (`next_from`). A deployment is charged for a day once, and on the day of a plan change
+    /// the day belongs to the new subscription (CONTRACT.md section 4, v2).
+    pub fn billed_days(
+        &self,
+        from: DateTime<Utc>,
+        to: Option<DateTime<Utc>>,
+        next_from: Option<DateTime<Utc>>,
+    ) -> i64 {
+        let days = self.active_days(from, to);
+        days - i64::from(days > 0 && self.cedes_last_day(to, next_from))
+    }
+
+    /// Whether a subscription ending at `to` gives its last day of this period to the next
+    /// subscription, which begins at `next_from`, on that same day.
+    pub fn cedes_last_day(
+        &self,
+        to: Option<DateTime<Utc>>,
+        next_from: Option<DateTime<Utc>>,
+    ) -> bool {
+        let (Some(to), Some(next)) = (to, next_from) else {
+            return false;
+        };
+        let last = (to - TimeDelta::nanoseconds(1)).date_naive();
+        next >= to && next.date_naive() == last && (self.start..self.end).contains(&last)
+    }
+
     /// Whether `[from, to)` overlaps this period at all.
     pub fn overlaps(&self, from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> bool {
         from < self.end_at() && to.is_none_or(|to| to > self.start_at() && to > from)
@@ -175,6 +203,71 @@ mod tests {
         for (from, to, want) in cases {
             assert_eq!(p.active_days(ts(from), to.map(ts)), want, "{from} {to:?}");
             assert_eq!(p.overlaps(ts(from), to.map(ts)), want > 0, "{from} {to:?}");
+        }
+    }
+
+    #[test]
+    fn the_day_of_a_plan_change_belongs_to_the_next_subscription() {
+        let p = april();
+        // (from, to, next subscription's start, days billed)
+        let cases = [
+            // A change at noon on the 16th: 15 days, then 15 for the next plan.
+            (
+                "2026-01-01T00:00:00Z",
+                "2026-04-16T12:00:00Z",
+                Some("2026-04-16T12:00:00Z"),
+                15,
+            ),
+            ("2026-04-16T12:00:00Z", "2026-06-01T00:00:00Z", None, 15),
+            // A change at midnight shares no day: nothing is ceded.
+            (
+                "2026-01-01T00:00:00Z",
+                "2026-04-16T00:00:00Z",
+                Some("2026-04-16T00:00:00Z"),
+                15,
+            ),
+            // Ended without a successor, or the next one starts another day: the day is billed.
+            ("2026-01-01T00:00:00Z", "2026-04-16T12:00:00Z", None, 16),
+            (
+                "2026-01-01T00:00:00Z",
+                "2026-04-16T12:00:00Z",
+                Some("2026-04-17T08:00:00Z"),
+                16,
+            ),
+            // A gap inside the day still makes it the new subscription's day.
+            (
+                "2026-01-01T00:00:00Z",
+                "2026-04-16T08:00:00Z",
+                Some("2026-04-16T20:00:00Z"),
+                15,
+            ),
+            // A subscription living inside one day that another follows the same day: none.
+            (
+                "2026-04-10T08:00:00Z",
+                "2026-04-10T16:00:00Z",
+                Some("2026-04-10T16:00:00Z"),
+                0,
+            ),
+            // The changed day outside the period is not this period's to cede.
+            (
+                "2026-01-01T00:00:00Z",
+                "2026-05-01T12:00:00Z",
+                Some("2026-05-01T12:00:00Z"),
+                30,
+            ),
+            (
+                "2026-01-01T00:00:00Z",
+                "2026-04-01T12:00:00Z",
+                Some("2026-04-01T12:00:00Z"),
+                0,
+            ),
+        ];
+        for (from, to, next, want) in cases {
+            assert_eq!(
+                p.billed_days(ts(from), Some(ts(to)), next.map(ts)),
+                want,
+                "{from} {to} {next:?}"
+            );
         }
     }
 }

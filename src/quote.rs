@@ -47,6 +47,9 @@ pub struct SubscriptionInput<'a> {
     pub period: Period,
     pub active_from: DateTime<Utc>,
     pub active_to: Option<DateTime<Utc>>,
+    /// When the deployment's next subscription begins, if it has one: on a plan change during
+    /// a day, that day is charged to the next subscription only.
+    pub next_from: Option<DateTime<Utc>>,
     pub currency: &'a Currency,
 }
 
@@ -134,12 +137,15 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
     if active == 0 {
         return Err(QuoteError::NotActive(period));
     }
+    // Days charged (`Period::billed_days`). May be zero: a subscription whose every day went
+    // to the next one still bills its usage.
+    let active = active - i64::from(period.cedes_last_day(input.active_to, input.next_from));
     let period_days = u32::try_from(period.days()).map_err(|_| overflow("period"))?;
     let active = u32::try_from(active).map_err(|_| overflow("period"))?;
-    // (a, D): the proration as a fraction; `none` bills any active period in full.
+    // (a, D): the proration as a fraction; `none` bills any charged day's period in full.
     let (a, d) = match plan.proration {
         Proration::Daily => (active, period_days),
-        Proration::None => (1, 1),
+        Proration::None => (active.min(1), 1),
     };
     let a_dec = Decimal::from(a);
     let d_dec = Decimal::from(d);
@@ -352,6 +358,16 @@ pub fn quote_tenant(
     let mut unbilled_kinds = Vec::new();
     for m in subscriptions {
         let s = &m.subscription;
+        // Subscriptions of one deployment never overlap, so its next one starts at or after
+        // this one's end.
+        let next_from = s.ended_at.and_then(|end| {
+            subscriptions
+                .iter()
+                .map(|o| &o.subscription)
+                .filter(|o| o.deployment_id == s.deployment_id && o.started_at >= end)
+                .map(|o| o.started_at)
+                .min()
+        });
         let plan = catalog
             .plans
             .get(&s.plan)
@@ -377,6 +393,7 @@ pub fn quote_tenant(
             period,
             active_from: s.started_at,
             active_to: s.ended_at,
+            next_from,
             currency: &tenant.currency,
         })?;
         lines.extend(priced.lines);

@@ -84,6 +84,12 @@ pub fn invoice(inv: &Value) -> String {
     if let Some(at) = inv["issued_at"].as_str() {
         let _ = writeln!(out, "Issued:   {at}");
     }
+    if let Some(at) = inv["finalizes_at"].as_str() {
+        let _ = writeln!(
+            out,
+            "Issues:   {at} (grace window open: usage until then is billed here)"
+        );
+    }
     if let Some(by) = inv["superseded_by"].as_str() {
         let _ = writeln!(out, "Superseded by {by}");
     }

@@ -4,6 +4,7 @@
 use crate::abn::Abn;
 use crate::catalog::*;
 use crate::error::Error;
+use crate::grace::GracePeriod;
 use crate::money::Dec;
 use crate::period::Period;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -287,6 +288,9 @@ pub struct TenantPutDto {
     pub abn: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub address: Option<Option<String>>,
+    /// Omitted: unchanged; `null`: the platform default; a string: the tenant's own window.
+    #[serde(default, deserialize_with = "present")]
+    pub grace_period: Option<Option<String>>,
 }
 
 /// Tells an explicit `null` (`Some(None)`) from an omitted field (`None`, via `#[serde(default)]`).
@@ -339,6 +343,8 @@ pub struct TenantPut {
     pub legal_name: Patch<String>,
     pub abn: Patch<Abn>,
     pub address: Patch<String>,
+    /// `None`: unchanged; `Some(None)`: the platform default.
+    pub grace_period: Option<Option<GracePeriod>>,
 }
 
 impl TryFrom<TenantPutDto> for TenantPut {
@@ -360,6 +366,11 @@ impl TryFrom<TenantPutDto> for TenantPut {
             legal_name: Patch::parse(t.legal_name, |v| check_legal_name("legal_name", v))?,
             abn: Patch::parse(t.abn, Abn::parse).map_err(Error::bad)?,
             address: Patch::parse(t.address, |v| check_address("address", v))?,
+            grace_period: t
+                .grace_period
+                .map(|g| g.as_deref().map(GracePeriod::parse).transpose())
+                .transpose()
+                .map_err(Error::bad)?,
         })
     }
 }
@@ -375,6 +386,8 @@ pub struct TenantDto {
     /// The 11 digits, without spaces.
     pub abn: Option<String>,
     pub address: Option<String>,
+    /// `null` when the tenant follows the platform default.
+    pub grace_period: Option<String>,
 }
 
 impl From<&Tenant> for TenantDto {
@@ -388,6 +401,7 @@ impl From<&Tenant> for TenantDto {
             legal_name: t.legal.legal_name.clone(),
             abn: t.legal.abn.as_ref().map(|a| a.digits().to_string()),
             address: t.legal.address.clone(),
+            grace_period: t.grace_period.as_ref().map(GracePeriod::to_string),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `invoicer run`: migrations, streams, and the worker's parts (the rollup-request, work-queue
-//! and usage consumers, the request-reply service and the outbox relay), supervised.
+//! and usage consumers, the grace-draft loop, the request-reply service and the outbox relay),
+//! supervised.
 //!
 //! The parts run in one `JoinSet`. The first to end while the worker should be running (an
 //! error, a panic, or a loop that simply returned) cancels the others and the process exits
@@ -8,8 +9,8 @@
 //! publishes what they committed, and only then does the process exit.
 
 use crate::bus::{
-    self, relay::Relay, rollups::RollupConsumer, service::Service, usage::UsageConsumer,
-    work::WorkConsumer,
+    self, drafts::DraftLoop, relay::Relay, rollups::RollupConsumer, service::Service,
+    usage::UsageConsumer, work::WorkConsumer,
 };
 use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
 use crate::store;
@@ -79,10 +80,19 @@ pub async fn run(
         consumer: consumers.work,
         concurrency: args.rollup_concurrency,
         worker_id: bus::work::worker_id(),
+        grace: args.grace_period.clone(),
         relay: notify.clone(),
         shutdown: stop.clone(),
     };
     parts.spawn(async move { ("work-queue consumer", work.run().await) });
+    let drafts = DraftLoop {
+        pool: pool.clone(),
+        batch: args.rollup_batch_size,
+        every: bus::drafts::EVERY,
+        relay: notify.clone(),
+        shutdown: stop.clone(),
+    };
+    parts.spawn(async move { ("grace-draft loop", drafts.run().await) });
     let usage = UsageConsumer {
         pool: pool.clone(),
         consumer: consumers.usage,
@@ -115,6 +125,8 @@ pub async fn run(
 
     let mut failure: Option<anyhow::Error> = None;
     tokio::select! {
+        // A part that ends because of the shutdown is not a failure: look at the signal first.
+        biased;
         _ = stop.cancelled() => tracing::info!("shutting down"),
         Some(joined) = parts.join_next() => {
             failure = Some(stopped(joined));

@@ -158,6 +158,12 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
     .await
     .unwrap();
 
+    // The first item will wait on its first tenant's lock, held here, until NATS is down.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM tenants WHERE tenant_id = 't00001' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     invoicer::client::request_rollup(
         &js,
         &json!({"period_start": "2026-04-01", "request_id": "outage"}),
@@ -169,8 +175,11 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
     let in_hand = "SELECT (SELECT count(*) FROM rollup_items WHERE done_at IS NULL)
                         - (SELECT count(*) FROM (SELECT 1 FROM rollup_items WHERE done_at IS NULL
                                                  FOR UPDATE SKIP LOCKED) free)";
-    wait_until("a work item is in hand", || async {
-        count(&db, in_hand).await >= 1
+    let first_in_hand = "SELECT count(*) FROM rollup_items WHERE item_no = 0 AND done_at IS NULL
+                           AND NOT EXISTS (SELECT 1 FROM rollup_items f WHERE f.item_no = 0
+                                             AND f.done_at IS NULL FOR UPDATE SKIP LOCKED)";
+    wait_until("the first work item is in hand", || async {
+        count(&db, first_in_hand).await == 1
     })
     .await;
     let killed_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
@@ -178,6 +187,7 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
         .await
         .unwrap();
     nats.kill();
+    blocker.commit().await.unwrap();
     // What was in hand commits with the database alone; its events wait in the outbox.
     wait_until("the items in hand commit while NATS is down", || async {
         count(&db, in_hand).await == 0

@@ -62,6 +62,8 @@ struct Case<'a> {
     usage: BTreeMap<String, Decimal>,
     from: &'a str,
     to: Option<&'a str>,
+    /// When the deployment's next subscription begins.
+    next: Option<&'a str>,
 }
 
 impl Case<'_> {
@@ -75,6 +77,7 @@ impl Case<'_> {
             period: april(),
             active_from: ts(self.from),
             active_to: self.to.map(ts),
+            next_from: self.next.map(ts),
             currency: &Currency::aud(),
         })
     }
@@ -96,6 +99,7 @@ fn case(plan: Plan, u: &[(&str, &str)]) -> Case<'static> {
         usage: usage(u),
         from: "2026-01-01T00:00:00Z",
         to: None,
+        next: None,
     }
 }
 
@@ -199,6 +203,7 @@ fn proration_over_a_31_day_month_rounds_once_from_the_exact_fraction() {
         period: may,
         active_from: ts("2026-05-22T00:00:00Z"),
         active_to: None,
+        next_from: None,
         currency: &Currency::aud(),
     })
     .unwrap();
@@ -228,19 +233,160 @@ fn subscription_ending_mid_period_and_inactive_subscription() {
     assert!(matches!(c.quote(), Err(QuoteError::NotActive(_))));
 }
 
-#[test]
-fn plan_change_mid_period_quotes_each_window() {
-    // Studio until the 10th 12:00, then Pro: day 10 is active on both.
+fn pro() -> Plan {
     let mut pro = studio();
     pro.code = "pro".into();
     pro.name = "Pro".into();
     pro.base_price = d("90.00");
+    pro
+}
+
+#[test]
+fn plan_change_mid_period_quotes_each_window() {
+    // Studio until the 10th 12:00, then Pro: day 10 is charged once, to Pro (v2).
     let mut a = case(studio(), &[]);
     a.to = Some("2026-04-10T12:00:00Z");
-    let mut b = case(pro, &[]);
+    a.next = Some("2026-04-10T12:00:00Z");
+    let mut b = case(pro(), &[]);
     b.from = "2026-04-10T12:00:00Z";
-    assert_eq!(a.amounts(), vec![(LineKind::PlanBase, 1667)]); // 10/30 of 50
+    assert_eq!(a.amounts(), vec![(LineKind::PlanBase, 1500)]); // 9/30 of 50
     assert_eq!(b.amounts(), vec![(LineKind::PlanBase, 6300)]); // 21/30 of 90
+    assert_eq!(
+        a.quote().unwrap().lines[0].description,
+        "Plan: Studio (9 of 30 days)"
+    );
+    // The same window ending without a successor (a cancellation) keeps its last day.
+    a.next = None;
+    assert_eq!(a.amounts(), vec![(LineKind::PlanBase, 1667)]); // 10/30 of 50
+}
+
+fn subscription(plan: &str, from: &str, to: Option<&str>, deployment: Uuid) -> Subscription {
+    Subscription {
+        id: Uuid::new_v4(),
+        tenant_id: TenantId::parse("acme").unwrap(),
+        deployment_id: deployment,
+        plan: plan.into(),
+        addons: vec!["storage_50gb".into()],
+        started_at: ts(from),
+        ended_at: to.map(ts),
+    }
+}
+
+fn catalog_of(plans: Vec<Plan>) -> Catalog {
+    let mut c = Catalog::default();
+    for p in plans {
+        c.plans.insert(p.code.clone(), p);
+    }
+    c.addons.insert("storage_50gb".into(), storage());
+    c
+}
+
+#[test]
+fn plan_change_at_noon_on_the_16th_of_a_30_day_month_splits_it_15_and_15() {
+    let dep = Uuid::new_v4();
+    let subs = [
+        subscription(
+            "studio",
+            "2026-01-01T00:00:00Z",
+            Some("2026-04-16T12:00:00Z"),
+            dep,
+        ),
+        subscription("pro", "2026-04-16T12:00:00Z", None, dep),
+    ]
+    .map(|subscription| MeteredSubscription {
+        subscription,
+        // 800 h before the change and 800 after, each against half an allowance of 1488.
+        usage: usage(&[("droplet_hours", "800")]),
+    });
+    let tenant = Tenant::with_defaults(TenantId::parse("acme").unwrap());
+    let q = quote_tenant(&tenant, &subs, &catalog_of(vec![studio(), pro()]), april())
+        .unwrap()
+        .quote;
+    let got: Vec<(&str, String, i64)> = q
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.description.as_str(),
+                l.quantity.to_string(),
+                l.amount_cents,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("Plan: Studio (15 of 30 days)", "0.5".into(), 2500),
+            ("Addon: storage_50gb (15 of 30 days)", "0.5".into(), 375),
+            ("Overage: droplet_hours (56 × $0.01)", "56".into(), 56),
+            ("Plan: Pro (15 of 30 days)", "0.5".into(), 4500),
+            ("Addon: storage_50gb (15 of 30 days)", "0.5".into(), 375),
+            ("Overage: droplet_hours (56 × $0.01)", "56".into(), 56),
+            ("GST 10%", "78.62".into(), 786),
+        ]
+    );
+    // In the order the store lists them or not, the result is the same.
+    let mut reversed = subs.clone();
+    reversed.reverse();
+    let again = quote_tenant(
+        &tenant,
+        &reversed,
+        &catalog_of(vec![studio(), pro()]),
+        april(),
+    )
+    .unwrap()
+    .quote;
+    assert_eq!(again.total_cents, q.total_cents);
+}
+
+#[test]
+fn a_subscription_whose_only_day_went_to_the_next_bills_its_usage_but_no_base() {
+    let dep = Uuid::new_v4();
+    let subs = [
+        subscription(
+            "studio",
+            "2026-01-01T00:00:00Z",
+            Some("2026-04-10T08:00:00Z"),
+            dep,
+        ),
+        subscription(
+            "pro",
+            "2026-04-10T08:00:00Z",
+            Some("2026-04-10T16:00:00Z"),
+            dep,
+        ),
+        subscription("studio", "2026-04-10T16:00:00Z", None, dep),
+    ]
+    .map(|subscription| MeteredSubscription {
+        subscription,
+        usage: usage(&[("droplet_hours", "10")]),
+    });
+    let tenant = Tenant::with_defaults(TenantId::parse("acme").unwrap());
+    let q = quote_tenant(&tenant, &subs, &catalog_of(vec![studio(), pro()]), april())
+        .unwrap()
+        .quote;
+    let base: Vec<(&str, i64)> = q
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::PlanBase)
+        .map(|l| (l.description.as_str(), l.amount_cents))
+        .collect();
+    // Days 1-9 on Studio, day 10 to the last subscription (Studio again), 21 days in all.
+    assert_eq!(
+        base,
+        vec![
+            ("Plan: Studio (9 of 30 days)", 1500),
+            ("Plan: Pro (0 of 30 days)", 0),
+            ("Plan: Studio (21 of 30 days)", 3500),
+        ]
+    );
+    // Pro's 8 hours have no allowance left: its 10 droplet-hours are all overage.
+    let pro_overage = q
+        .lines
+        .iter()
+        .find(|l| l.kind == LineKind::Overage)
+        .map(|l| l.amount_cents);
+    assert_eq!(pro_overage, Some(10));
 }
 
 #[test]
@@ -495,6 +641,76 @@ proptest! {
         c.from = &from;
         c.to = Some(&to);
         prop_assert!(c.amounts()[0].1 <= full);
+    }
+
+    /// Plan changes at any hour of any day: every day is charged once, so the base charges add
+    /// up to at most one period of the dearest plan (exactly, before each line is rounded; and
+    /// within half a cent per line after).
+    #[test]
+    fn a_deployments_prorated_base_never_exceeds_a_period_of_its_dearest_plan(
+        changes in proptest::collection::vec((1u32..=30, 0u32..24), 0..5),
+        bases in proptest::collection::vec((0i64..20_000_000, 0u32..3).prop_map(|(m, s)| Decimal::new(m, s)), 5),
+        starts_in_march in any::<bool>(),
+    ) {
+        let mut points: Vec<DateTime<Utc>> = changes
+            .iter()
+            .map(|(day, hour)| ts(&format!("2026-04-{day:02}T{hour:02}:00:00Z")))
+            .collect();
+        points.sort();
+        points.dedup();
+        let first = if starts_in_march { ts("2026-03-20T00:00:00Z") } else { ts("2026-04-01T00:00:00Z") };
+        points.retain(|p| *p > first);
+        let dep = Uuid::new_v4();
+        let plans: Vec<Plan> = bases
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Plan { code: format!("p{i}"), name: format!("P{i}"), base_price: *b, ..studio() })
+            .collect();
+        let mut starts = vec![first];
+        starts.extend(points.iter().copied());
+        let mut subs: Vec<MeteredSubscription> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, from)| MeteredSubscription {
+                subscription: Subscription {
+                    id: Uuid::new_v4(),
+                    tenant_id: TenantId::parse("acme").unwrap(),
+                    deployment_id: dep,
+                    plan: format!("p{i}"),
+                    addons: vec![],
+                    started_at: *from,
+                    ended_at: starts.get(i + 1).copied(),
+                },
+                usage: BTreeMap::new(),
+            })
+            .collect();
+        // As the store does, only subscriptions active in the period (a change at midnight
+        // on the 1st ends a March subscription before April).
+        subs.retain(|m| april().overlaps(m.subscription.started_at, m.subscription.ended_at));
+        let tenant = Tenant::with_defaults(TenantId::parse("acme").unwrap());
+        let q = quote_tenant(&tenant, &subs, &catalog_of(plans), april()).unwrap().quote;
+        let base_lines: Vec<_> = q.lines.iter().filter(|l| l.kind == LineKind::PlanBase).collect();
+        prop_assert_eq!(base_lines.len(), subs.len());
+        let used: Vec<Decimal> = subs
+            .iter()
+            .map(|m| bases[m.subscription.plan[1..].parse::<usize>().unwrap()])
+            .collect();
+        let dearest = used.iter().copied().max().unwrap();
+        let days = Decimal::from(april().days());
+        let mut exact = Decimal::ZERO;
+        let mut billed_days = 0;
+        for (m, base) in subs.iter().zip(&used) {
+            let s = &m.subscription;
+            let next = subs.iter().map(|o| o.subscription.started_at).find(|t| Some(*t) >= s.ended_at && s.ended_at.is_some());
+            let a = april().billed_days(s.started_at, s.ended_at, next);
+            billed_days += a;
+            exact += *base * Decimal::from(a);
+        }
+        prop_assert!(billed_days <= april().days(), "{billed_days} days charged");
+        prop_assert!(exact <= dearest * days, "{exact} > {dearest} × {days}");
+        let cents: i64 = base_lines.iter().map(|l| l.amount_cents).sum();
+        let full = Decimal::from(cents) - dearest * Decimal::ONE_HUNDRED;
+        prop_assert!(full <= Decimal::new(5, 1) * Decimal::from(base_lines.len() as i64), "{cents} cents for a dearest plan of {dearest}");
     }
 
     #[test]

@@ -32,9 +32,15 @@ pub async fn run(pool: &PgPool, period: Period) -> anyhow::Result<(i64, Duration
     for tenant in &tenants {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let now = Utc::now().trunc_subsecs(0);
-        let counts =
-            crate::rollup::batch::run(&mut tx, key, &req, std::slice::from_ref(tenant), now)
-                .await?;
+        let counts = crate::rollup::batch::run(
+            &mut tx,
+            key,
+            &req,
+            std::slice::from_ref(tenant),
+            now,
+            &crate::rollup::window::Grace::rollup(crate::grace::GracePeriod::zero()),
+        )
+        .await?;
         tx.commit().await?;
         issued += i64::from(counts.issued);
     }

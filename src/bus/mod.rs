@@ -2,6 +2,7 @@
 //! service. Messages become domain values here and results become acks and replies.
 
 pub mod ack;
+pub mod drafts;
 pub mod relay;
 pub mod rollups;
 pub mod scheduler;

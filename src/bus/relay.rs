@@ -24,7 +24,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const BATCH: i64 = 500;
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a claimed row is another relay's to publish. A round takes milliseconds, so this is
+/// how soon a dead replica's claimed rows go to the others; a slow round that outlives it only
+/// publishes a repeat, which the stream drops by its msg id.
+const LEASE: Duration = Duration::from_secs(10);
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// The relay's own pause while NATS is unreachable: from the first up to the last.
 const OUTAGE_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));

@@ -31,6 +31,8 @@ pub struct WorkConsumer {
     pub concurrency: usize,
     /// Who did an item (`rollup_items.processed_by`): host and process id.
     pub worker_id: String,
+    /// The platform's grace window for the drafts a rollup writes.
+    pub grace: crate::grace::GracePeriod,
     pub relay: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
@@ -117,8 +119,14 @@ impl WorkConsumer {
     }
 
     async fn work(&self, item: &WorkItem) -> Result<(), Error> {
-        let outcome =
-            rollup::work_item(&self.pool, &item.request_id, item.item, &self.worker_id).await?;
+        let outcome = rollup::work_item(
+            &self.pool,
+            &item.request_id,
+            item.item,
+            &self.worker_id,
+            &self.grace,
+        )
+        .await?;
         let (progress, completed) = rollup::try_complete(&self.pool, &item.request_id).await?;
         if completed.is_some() {
             crate::metrics::rollup("completed");

@@ -457,6 +457,7 @@ pub(crate) mod tests {
             void_reason: None,
             supersedes: None,
             superseded_by: None,
+            finalizes_at: None,
             lines: Some(vec![
                 line(
                     LineKind::PlanBase,

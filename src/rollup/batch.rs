@@ -8,6 +8,7 @@
 //! that last statement only, so batches on several replicas overlap instead of queueing.
 
 use super::decide;
+use super::window::{self, Grace, Outcome};
 use super::Action;
 use crate::catalog::{Catalog, Tenant};
 use crate::error::Result;
@@ -26,16 +27,24 @@ use uuid::Uuid;
 /// Prices and writes `tenant_ids` (in id order) for the request, inside the caller's
 /// transaction. A tenant that cannot be priced is reported in the counts, not raised; an error
 /// here is the database's, and the caller decides whether the batch is retried or split.
+/// `grace` says whether this is a rollup, a refresh or a finalization of grace drafts
+/// (`window::outcome`).
 pub async fn run(
     tx: &mut PgConnection,
     key: &str,
     req: &RollupRequest,
     tenant_ids: &[String],
     now: DateTime<Utc>,
+    grace: &Grace,
 ) -> Result<BatchCounts> {
     let mut clock = PhaseClock::start();
     let tenants = catalog::lock_tenants(&mut *tx, tenant_ids).await?;
     let existing = invoices::lock_existing(tx, tenant_ids, req.period.start).await?;
+    let drafts: Vec<Uuid> = existing
+        .values()
+        .filter_map(|e| e.live.filter(|l| l.1 == Status::Draft).map(|l| l.0))
+        .collect();
+    let open_windows = crate::store::grace::windows(tx, &drafts).await?;
     clock.lap("lock");
     let subs = q::subscriptions(tx, tenant_ids, req.period).await?;
     clock.lap("subscriptions");
@@ -62,15 +71,23 @@ pub async fn run(
     }
     let mut plan = BatchPlan::default();
     for tenant in &tenants {
-        let action = decide(
-            req,
-            existing
-                .get(tenant.id.as_str())
-                .copied()
-                .unwrap_or_default(),
+        let found = existing
+            .get(tenant.id.as_str())
+            .copied()
+            .unwrap_or_default();
+        let open = found
+            .live
+            .and_then(|(id, _)| open_windows.get(&id).copied());
+        let outcome = window::outcome(
+            grace,
+            req.draft,
+            decide(req, found),
+            open,
+            tenant.grace_period.as_ref(),
+            now,
         );
         let subs = by_tenant.remove(tenant.id.as_str()).unwrap_or_default();
-        plan.add(req, tenant, action, &subs, &catalog, now);
+        plan.add(req, tenant, outcome, &subs, &catalog, now);
     }
     clock.lap("price");
     plan.write(tx, key, now, &mut clock).await?;
@@ -126,11 +143,16 @@ impl BatchPlan {
         &mut self,
         req: &RollupRequest,
         tenant: &Tenant,
-        action: Action,
+        outcome: Outcome,
         subs: &[MeteredSubscription],
         catalog: &Catalog,
         now: DateTime<Utc>,
     ) {
+        let Outcome {
+            action,
+            status,
+            finalizes_at,
+        } = outcome;
         if action == Action::Skip {
             self.counts.skipped += 1;
             return;
@@ -150,11 +172,6 @@ impl BatchPlan {
             tracing::warn!(tenant = %tenant.id, %deployment, resource_kind = %kind,
                 "usage of a resource kind the plan does not price: not billed");
         }
-        let status = if req.draft {
-            Status::Draft
-        } else {
-            Status::Issued
-        };
         if status == Status::Issued {
             self.counts.issued += 1;
         } else {
@@ -175,6 +192,7 @@ impl BatchPlan {
             tax_cents: quote.tax_cents,
             total_cents: quote.total_cents,
             issued_at: (status == Status::Issued).then_some(now),
+            finalizes_at,
             paid_at: None,
             voided_at: None,
             void_reason: None,
@@ -236,6 +254,7 @@ impl BatchPlan {
             events.push(event);
             issued += 1;
         }
+        events.extend(super::drafts::drafted_events(&self.invoices));
         outbox::insert(tx, &events).await?;
         clock.lap("outbox");
         if issued > 0 {
@@ -275,6 +294,7 @@ mod tests {
             tax_cents: 10,
             total_cents: 110,
             issued_at: Some(Utc::now()),
+            finalizes_at: None,
             paid_at: None,
             voided_at: None,
             void_reason: Some("\"number\":null".into()),

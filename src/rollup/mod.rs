@@ -9,10 +9,17 @@
 //! worked again one tenant per transaction, so one bad tenant is reported and the others are
 //! invoiced. After each item, [`try_complete`] checks, under the run row's lock, whether every
 //! item is done; the one that finds them all done writes `billing.rollup.completed`, once.
+//!
+//! With a grace window, a batch writes drafts that [`drafts`] keeps up to date with late usage
+//! and [`finalize`] issues when their window closes ([`window`] decides which is which).
 
 pub mod batch;
+pub mod drafts;
+pub mod finalize;
+pub mod window;
 
 use crate::error::{Error, Result};
+use crate::grace::GracePeriod;
 use crate::invoice::{Invoice, Status};
 use crate::store::invoices::Existing;
 use crate::store::outbox::{self, Event};
@@ -130,9 +137,17 @@ pub enum ItemOutcome {
 }
 
 /// Works one item: all its tenants in one transaction, or, if that fails for a non-transient
-/// reason, one tenant per transaction from where it left off.
+/// reason, one tenant per transaction from where it left off. `grace` is the platform's default
+/// window (`GRACE_PERIOD`).
 #[tracing::instrument(skip_all, fields(request_id = key, item))]
-pub async fn work_item(pool: &PgPool, key: &str, item: i32, worker: &str) -> Result<ItemOutcome> {
+pub async fn work_item(
+    pool: &PgPool,
+    key: &str,
+    item: i32,
+    worker: &str,
+    grace: &GracePeriod,
+) -> Result<ItemOutcome> {
+    let grace = window::Grace::rollup(grace.clone());
     let run = {
         let mut conn = pool.acquire().await?;
         q::load(&mut conn, key)
@@ -148,7 +163,7 @@ pub async fn work_item(pool: &PgPool, key: &str, item: i32, worker: &str) -> Res
     }
     if found.cursor.is_none() {
         let now = Utc::now().trunc_subsecs(0);
-        match batch::run(&mut tx, key, &run.request, &found.tenant_ids, now).await {
+        match batch::run(&mut tx, key, &run.request, &found.tenant_ids, now, &grace).await {
             Ok(counts) => {
                 q::record_item(&mut tx, key, item, &counts, None, Some(worker)).await?;
                 tx.commit().await?;
@@ -164,13 +179,19 @@ pub async fn work_item(pool: &PgPool, key: &str, item: i32, worker: &str) -> Res
     } else {
         drop(tx);
     }
-    one_by_one(pool, &run, item, worker).await
+    one_by_one(pool, &run, item, worker, &grace).await
 }
 
 /// The fallback for a failing batch: each tenant in its own transaction, progress recorded in
 /// the item with each one, so a crash resumes after the last tenant done and a tenant that
 /// still fails is reported once.
-async fn one_by_one(pool: &PgPool, run: &Run, item: i32, worker: &str) -> Result<ItemOutcome> {
+async fn one_by_one(
+    pool: &PgPool,
+    run: &Run,
+    item: i32,
+    worker: &str,
+    grace: &window::Grace,
+) -> Result<ItemOutcome> {
     let key = run.key.as_str();
     loop {
         let mut tx = pool.begin().await?;
@@ -202,7 +223,7 @@ async fn one_by_one(pool: &PgPool, run: &Run, item: i32, worker: &str) -> Result
         let one = std::slice::from_ref(&tenant);
         // A savepoint keeps the item's lock while the tenant's own writes are undone.
         let mut attempt = sqlx::Connection::begin(&mut *tx).await?;
-        let counts = match batch::run(&mut attempt, key, &run.request, one, now).await {
+        let counts = match batch::run(&mut attempt, key, &run.request, one, now, grace).await {
             Ok(counts) => {
                 attempt.commit().await?;
                 counts

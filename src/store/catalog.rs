@@ -3,6 +3,7 @@
 use crate::abn::Abn;
 use crate::catalog::*;
 use crate::error::{Error, Result};
+use crate::grace::GracePeriod;
 use crate::wire::{OverageDto, TenantPut};
 use rust_decimal::Decimal;
 use sqlx::{PgExecutor, PgPool, Row};
@@ -30,6 +31,13 @@ fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant> {
             abn,
             address: row.try_get("address")?,
         },
+        grace_period: row
+            .try_get::<Option<&str>, _>("grace_period")?
+            .map(|g| {
+                GracePeriod::parse(g)
+                    .map_err(|e| Error::Internal(format!("stored grace_period is invalid: {e}")))
+            })
+            .transpose()?,
     })
 }
 
@@ -40,9 +48,9 @@ pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
     let (address_set, address) = t.address.change();
     let row = sqlx::query(
         "INSERT INTO tenants (tenant_id, currency, tax_rate, tax_label, tax_exempt,
-                              legal_name, abn, address)
+                              legal_name, abn, address, grace_period)
          VALUES ($1, coalesce($2, 'AUD'), coalesce($3, 0.10), coalesce($4, 'GST'), coalesce($5, false),
-                 $7, $9, $11)
+                 $7, $9, $11, $13)
          ON CONFLICT (tenant_id) DO UPDATE SET
            currency = coalesce($2, tenants.currency),
            tax_rate = coalesce($3, tenants.tax_rate),
@@ -51,6 +59,7 @@ pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
            legal_name = CASE WHEN $6 THEN $7 ELSE tenants.legal_name END,
            abn = CASE WHEN $8 THEN $9 ELSE tenants.abn END,
            address = CASE WHEN $10 THEN $11 ELSE tenants.address END,
+           grace_period = CASE WHEN $12 THEN $13 ELSE tenants.grace_period END,
            updated_at = now()
          RETURNING *",
     )
@@ -65,6 +74,8 @@ pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
     .bind(abn.map(|a| a.digits()))
     .bind(address_set)
     .bind(address)
+    .bind(t.grace_period.is_some())
+    .bind(t.grace_period.clone().flatten().map(|g| g.to_string()))
     .fetch_one(pool)
     .await?;
     tenant_from_row(&row)

@@ -12,7 +12,7 @@ use uuid::Uuid;
 pub(crate) const INVOICE_COLUMNS: &str =
     "id, number, tenant_id, period_start, period_end, currency, status,
     subtotal_cents, tax_cents, total_cents, issued_at, paid_at, voided_at, void_reason,
-    supersedes, superseded_by";
+    supersedes, superseded_by, finalizes_at";
 
 pub(crate) fn invoice_from_row(row: &PgRow) -> Result<Invoice> {
     let status: &str = row.try_get("status")?;
@@ -29,6 +29,7 @@ pub(crate) fn invoice_from_row(row: &PgRow) -> Result<Invoice> {
         tax_cents: row.try_get("tax_cents")?,
         total_cents: row.try_get("total_cents")?,
         issued_at: row.try_get("issued_at")?,
+        finalizes_at: row.try_get("finalizes_at")?,
         paid_at: row.try_get("paid_at")?,
         voided_at: row.try_get("voided_at")?,
         void_reason: row.try_get("void_reason")?,
@@ -448,10 +449,11 @@ pub async fn insert(db: &mut PgConnection, invoices: &[Invoice], request_key: &s
     let numbers = invoices.iter().map(number_of).collect::<Result<Vec<_>>>()?;
     sqlx::query(
         "INSERT INTO invoices (id, number, tenant_id, period_start, period_end, currency, status,
-           subtotal_cents, tax_cents, total_cents, issued_at, supersedes, rollup_request_id)
-         SELECT *, $13 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::date[],
+           subtotal_cents, tax_cents, total_cents, issued_at, supersedes, finalizes_at,
+           rollup_request_id)
+         SELECT *, $14 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::date[],
            $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::timestamptz[],
-           $12::uuid[])",
+           $12::uuid[], $13::timestamptz[])",
     )
     .bind(invoices.iter().map(|i| i.id).collect::<Vec<_>>())
     .bind(numbers)
@@ -485,6 +487,7 @@ pub async fn insert(db: &mut PgConnection, invoices: &[Invoice], request_key: &s
     .bind(invoices.iter().map(|i| i.total_cents).collect::<Vec<_>>())
     .bind(invoices.iter().map(|i| i.issued_at).collect::<Vec<_>>())
     .bind(invoices.iter().map(|i| i.supersedes).collect::<Vec<_>>())
+    .bind(invoices.iter().map(|i| i.finalizes_at).collect::<Vec<_>>())
     .bind(request_key)
     .execute(db)
     .await?;

@@ -2,6 +2,7 @@
 //! Rows become domain values here; nothing else in the crate writes SQL.
 
 pub mod catalog;
+pub mod grace;
 pub mod invoices;
 pub mod outbox;
 pub mod rollup;

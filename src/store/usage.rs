@@ -78,6 +78,20 @@ pub async fn record(
               AND ins.occurred_at >= i.period_start AND ins.occurred_at < i.period_end
             ON CONFLICT (msg_id) DO NOTHING
             RETURNING 1
+         ), marked AS (
+            -- Grace window: the open draft of this usage's period is recomputed by the
+            -- refresher (rollup::drafts). In key order, so concurrent batches cannot deadlock.
+            INSERT INTO draft_refresh (tenant_id, period_start)
+            SELECT DISTINCT i.tenant_id, i.period_start
+            FROM ins
+            JOIN subscriptions s ON s.deployment_id = ins.deployment_id
+              AND ins.occurred_at >= s.started_at
+              AND (s.ended_at IS NULL OR ins.occurred_at < s.ended_at)
+            JOIN invoices i ON i.tenant_id = s.tenant_id AND i.status = 'draft'
+              AND i.finalizes_at IS NOT NULL
+              AND ins.occurred_at >= i.period_start AND ins.occurred_at < i.period_end
+            ORDER BY 1, 2
+            ON CONFLICT DO NOTHING
          )
          SELECT (SELECT count(*) FROM ins) AS inserted, (SELECT count(*) FROM late) AS late",
     )

@@ -1,0 +1,102 @@
+//! The finalizer: at `finalizes_at`, an open grace draft is recomputed one last time from all
+//! usage stored by then and issued, in one transaction (CONTRACT.md section 5a).
+//!
+//! Every replica runs it. A round locks up to a batch of tenants with due drafts, `FOR UPDATE
+//! SKIP LOCKED`, so replicas split the due tenants between them instead of queueing on them,
+//! and reads the due drafts only under those locks: a replica that got there first has
+//! committed, and its drafts are no longer drafts. The recompute, the number, the invoice row
+//! and its `billing.invoice.issued` outbox row are [`super::batch::run`]'s writes in finalize
+//! mode, inside that one transaction, so a crash anywhere leaves the draft as it was (the next
+//! round takes it again) or issued with its event: never both, never neither. Usage ingestion
+//! waits on the same tenant locks, so a record is either in the final recompute or, arriving
+//! after the commit, reported as `billing.usage.late`.
+//!
+//! An admin's `billing.admin.invoices.issue` on an open draft is [`early`]: the same recompute
+//! and issue, inside the admin's transaction.
+
+use super::batch;
+use super::drafts::recompute;
+use super::window::{Grace, Mode};
+use crate::error::{Error, Result};
+use crate::invoice::Invoice;
+use crate::period::Period;
+use crate::store;
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::{PgConnection, PgPool};
+
+/// One finalizer round at `now`: returns how many drafts it issued, and how many tenants it took
+/// (0 when nothing is due or every due tenant is busy elsewhere).
+pub async fn round(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<Round> {
+    let mut tx = pool.begin().await?;
+    let tenants = store::grace::lock_due_tenants(&mut tx, now, batch).await?;
+    if tenants.is_empty() {
+        return Ok(Round::default());
+    }
+    let due = store::grace::due_drafts(&mut tx, &tenants, now).await?;
+    let grace = Grace::with_mode(Mode::Finalize { due_by: Some(now) });
+    let issued_at = now.trunc_subsecs(0);
+    let mut issued = 0;
+    for (period, ids) in &due {
+        let counts = batch::run(
+            &mut tx,
+            "grace-finalize",
+            &recompute(*period),
+            ids,
+            issued_at,
+            &grace,
+        )
+        .await?;
+        issued += counts.issued;
+        for f in counts.failed {
+            // The draft stays open (and due): an operator fixes the catalog, or voids it.
+            tracing::error!(tenant = %f.tenant_id, reason = %f.reason, %period,
+                "a due draft could not be recomputed; it stays a draft");
+        }
+    }
+    tx.commit().await?;
+    if issued > 0 {
+        tracing::info!(issued, tenants = tenants.len(), "grace drafts finalized");
+    }
+    Ok(Round {
+        tenants: tenants.len(),
+        issued: issued as usize,
+    })
+}
+
+/// What a finalizer round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    pub tenants: usize,
+    pub issued: usize,
+}
+
+/// Issues an open grace draft before its time, recomputed from all usage stored so far, in the
+/// caller's transaction (which holds the tenant's and the invoice's locks). Returns the issued
+/// invoice with its lines.
+pub async fn early(tx: &mut PgConnection, draft: &Invoice, now: DateTime<Utc>) -> Result<Invoice> {
+    let period = Period::new(draft.period_start, draft.period_end)
+        .map_err(|e| Error::Internal(format!("stored invoice period: {e}")))?;
+    let grace = Grace::with_mode(Mode::Finalize { due_by: None });
+    let counts = batch::run(
+        tx,
+        "admin-issue",
+        &recompute(period),
+        std::slice::from_ref(&draft.tenant_id),
+        now,
+        &grace,
+    )
+    .await?;
+    if let Some(f) = counts.failed.first() {
+        return Err(Error::Conflict(format!(
+            "invoice {} cannot be recomputed to be issued: {}",
+            draft.id, f.reason
+        )));
+    }
+    if counts.issued != 1 {
+        return Err(Error::Internal(format!(
+            "issuing draft {}: {} invoices issued, expected 1",
+            draft.id, counts.issued
+        )));
+    }
+    store::invoices::get(tx, draft.id, None).await
+}
