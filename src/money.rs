@@ -31,35 +31,27 @@ impl Exact {
 }
 
 /// Rounds an exact amount to integer cents, half away from zero. The only rounding in invoicer.
+///
+/// `numer` is `m / 10^s` (its mantissa and scale), so the amount in cents is the integer ratio
+/// `m·100 / (10^s·denom)`, computed exactly in 128-bit integers: `|m| < 2^96` and
+/// `10^s·denom ≤ 10^28·(2^32 − 1) < 2^126`, so nothing here can overflow.
 pub fn to_cents(amount: Exact) -> Result<i64, Overflow> {
     let overflow = || Overflow(format!("{} / {}", amount.numer, amount.denom));
     if amount.denom == 0 {
         return Err(overflow());
     }
-    let denom = Decimal::from(amount.denom);
-    let scaled = amount
-        .numer
-        .checked_mul(Decimal::ONE_HUNDRED)
-        .ok_or_else(overflow)?;
-    let negative = scaled.is_sign_negative();
-    let magnitude = scaled.abs();
-    // Decimal division rounds at 28 digits, so correct the quotient with exact remainders:
-    // `magnitude = q * denom + rem` with `0 <= rem < denom` holds exactly afterwards.
-    let mut q = magnitude.checked_div(denom).ok_or_else(overflow)?.trunc();
-    let mut rem = magnitude - q * denom;
-    while rem.is_sign_negative() && !rem.is_zero() {
-        q -= Decimal::ONE;
-        rem += denom;
-    }
-    while rem >= denom {
-        q += Decimal::ONE;
-        rem -= denom;
-    }
-    if rem * Decimal::TWO >= denom {
-        q += Decimal::ONE;
+    let magnitude = amount.numer.mantissa().unsigned_abs() * 100;
+    let divisor = 10u128.pow(amount.numer.scale()) * u128::from(amount.denom);
+    let (mut q, rem) = (magnitude / divisor, magnitude % divisor);
+    if rem >= divisor - rem {
+        q += 1;
     }
     let cents = i64::try_from(q).map_err(|_| overflow())?;
-    Ok(if negative { -cents } else { cents })
+    Ok(if amount.numer.is_sign_negative() {
+        -cents
+    } else {
+        cents
+    })
 }
 
 /// Cents as an exact decimal in currency units (`6422` → `64.22`).
@@ -175,6 +167,72 @@ mod tests {
             .unwrap();
             assert_eq!(got, want, "{numer}/{denom}");
         }
+    }
+
+    /// The rounding as first written, in decimal arithmetic with exact remainders: the
+    /// integer version must agree with it everywhere.
+    fn to_cents_by_decimal_division(amount: Exact) -> Option<i64> {
+        let denom = Decimal::from(amount.denom);
+        let scaled = amount.numer.checked_mul(Decimal::ONE_HUNDRED)?;
+        let magnitude = scaled.abs();
+        let mut q = magnitude.checked_div(denom)?.trunc();
+        let mut rem = magnitude - q * denom;
+        while rem.is_sign_negative() && !rem.is_zero() {
+            q -= Decimal::ONE;
+            rem += denom;
+        }
+        while rem >= denom {
+            q += Decimal::ONE;
+            rem -= denom;
+        }
+        if rem * Decimal::TWO >= denom {
+            q += Decimal::ONE;
+        }
+        let cents = i64::try_from(q).ok()?;
+        Some(if scaled.is_sign_negative() {
+            -cents
+        } else {
+            cents
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn integer_rounding_agrees_with_decimal_rounding(
+            mantissa in -10_000_000_000_000i64..10_000_000_000_000i64,
+            scale in 0u32..12,
+            denom in 1u32..400,
+        ) {
+            let amount = Exact { numer: Decimal::new(mantissa, scale), denom };
+            proptest::prop_assert_eq!(to_cents(amount).ok(), to_cents_by_decimal_division(amount));
+        }
+    }
+
+    #[test]
+    fn extremes_do_not_overflow() {
+        assert!(to_cents(Exact {
+            numer: Decimal::MAX,
+            denom: 1
+        })
+        .is_err());
+        assert!(to_cents(Exact {
+            numer: Decimal::MAX,
+            denom: u32::MAX
+        })
+        .is_err());
+        let tiny = Decimal::new(5, 28);
+        assert_eq!(
+            to_cents(Exact {
+                numer: tiny,
+                denom: u32::MAX
+            }),
+            Ok(0)
+        );
+        assert!(to_cents(Exact {
+            numer: Decimal::ONE,
+            denom: 0
+        })
+        .is_err());
     }
 
     #[test]

@@ -85,9 +85,42 @@ fn add(a: Decimal, b: Decimal) -> Result<Decimal, money::Overflow> {
     a.checked_add(b).ok_or_else(|| overflow("addition"))
 }
 
+/// `x · a` for a proration numerator `a` (1 for a whole period, the common case).
+fn scaled(x: Decimal, a: Decimal) -> Result<Decimal, money::Overflow> {
+    if a == Decimal::ONE {
+        Ok(x)
+    } else {
+        mul(x, a)
+    }
+}
+
 /// `n / d` as a decimal for display on a line; exact whenever the fraction terminates.
 fn ratio(n: Decimal, d: u32) -> Decimal {
-    (n / Decimal::from(d)).normalize()
+    if d == 1 {
+        n.normalize()
+    } else {
+        (n / Decimal::from(d)).normalize()
+    }
+}
+
+/// Appends `parts` to a new string sized for them: line descriptions are built per line on
+/// the hot path, and `format!` costs several times more than this.
+fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
+/// A decimal as text; whole numbers (the usual quantities) without the formatting machinery.
+fn dec_text(d: Decimal) -> String {
+    if d.scale() == 0 {
+        if let Ok(n) = i64::try_from(d.mantissa()) {
+            return itoa::Buffer::new().format(n).to_string();
+        }
+    }
+    d.to_string()
 }
 
 fn symbol(currency: &Currency) -> &'static str {
@@ -143,7 +176,10 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
     let period_days = u32::try_from(period.days()).map_err(|_| overflow("period"))?;
     let active = u32::try_from(active).map_err(|_| overflow("period"))?;
     // (a, D): the proration as a fraction; `none` bills any charged day's period in full.
+    // A whole period is 1/1, not D/D: the same value, with every amount a whole number of
+    // units, so it is rounded without a division.
     let (a, d) = match plan.proration {
+        Proration::Daily if active == period_days => (1, 1),
         Proration::Daily => (active, period_days),
         Proration::None => (active.min(1), 1),
     };
@@ -162,11 +198,11 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
         kind: LineKind::PlanBase,
         deployment_id,
         resource_kind: None,
-        description: format!("Plan: {}{partial}", plan.name),
+        description: concat(&["Plan: ", &plan.name, &partial]),
         quantity: fraction,
         unit_price: Some(plan.base_price),
         amount_cents: money::to_cents(Exact {
-            numer: mul(plan.base_price, a_dec)?,
+            numer: scaled(plan.base_price, a_dec)?,
             denom: d,
         })?,
     });
@@ -175,11 +211,11 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
             kind: LineKind::Addon,
             deployment_id,
             resource_kind: addon.resource_kind.clone(),
-            description: format!("Addon: {}{partial}", addon.name),
+            description: concat(&["Addon: ", &addon.name, &partial]),
             quantity: fraction,
             unit_price: Some(addon.price),
             amount_cents: money::to_cents(Exact {
-                numer: mul(addon.price, a_dec)?,
+                numer: scaled(addon.price, a_dec)?,
                 denom: d,
             })?,
         });
@@ -195,8 +231,8 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
         }
         // Over the allowance, in units of 1/D.
         let over = sub(
-            mul(used, d_dec)?,
-            mul(included.copied().unwrap_or_default(), a_dec)?,
+            scaled(used, d_dec)?,
+            scaled(included.copied().unwrap_or_default(), a_dec)?,
         )?;
         let Some(price) = price else { continue }; // an allowance without a price is a cap
         if over <= Decimal::ZERO {
@@ -204,9 +240,11 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
         }
         let quantity = ratio(over, d);
         let (numer, unit_price, detail) = match price {
-            OveragePrice::PerUnit(p) => {
-                (mul(over, *p)?, Some(*p), format!("{quantity} × {sym}{p}"))
-            }
+            OveragePrice::PerUnit(p) => (
+                mul(over, *p)?,
+                Some(*p),
+                concat(&[&dec_text(quantity), " × ", sym, &p.to_string()]),
+            ),
             OveragePrice::Tiered {
                 mode: TierMode::Volume,
                 tiers,
@@ -235,7 +273,7 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
             kind: LineKind::Overage,
             deployment_id,
             resource_kind: Some(kind.clone()),
-            description: format!("Overage: {kind} ({detail})"),
+            description: concat(&["Overage: ", kind, " (", &detail, ")"]),
             quantity,
             unit_price,
             amount_cents: money::to_cents(Exact { numer, denom: d })?,
@@ -354,7 +392,12 @@ pub fn quote_tenant(
     catalog: &Catalog,
     period: Period,
 ) -> Result<TenantQuote, QuoteError> {
-    let mut lines = Vec::new();
+    let mut lines = Vec::with_capacity(
+        1 + subscriptions
+            .iter()
+            .map(|m| 2 + m.subscription.addons.len() + m.usage.len())
+            .sum::<usize>(),
+    );
     let mut unbilled_kinds = Vec::new();
     for m in subscriptions {
         let s = &m.subscription;

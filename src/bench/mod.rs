@@ -16,7 +16,7 @@ mod fixture;
 mod ingest;
 mod naive;
 
-mod quotes;
+pub mod quotes;
 
 use anyhow::{bail, Context};
 use async_nats::jetstream;
