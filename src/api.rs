@@ -123,7 +123,7 @@ pub struct Ctx<'a> {
 }
 
 fn to_value(v: impl serde::Serialize) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| Error::Internal(e.to_string()))
+    serde_json::to_value(v).map_err(|e| Error::internal(e))
 }
 
 pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) -> Result<Value> {
@@ -317,15 +317,15 @@ async fn render(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
         replaces: related_of(invoice.supersedes),
     };
     let view = TaxInvoiceView::build(&invoice, seller, &legal, &related)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::internal(e))?;
     // Laying out and subsetting fonts is CPU work: keep it off the async workers.
     let bytes = tokio::task::spawn_blocking(move || document::render(&view, format))
         .await
-        .map_err(|e| Error::Internal(format!("rendering task: {e}")))?
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::internal(format!("rendering task: {e}")))?
+        .map_err(|e| Error::internal(e))?;
     let body = match format {
         Format::Html => String::from_utf8(bytes)
-            .map_err(|e| Error::Internal(format!("rendered HTML is not UTF-8: {e}")))?,
+            .map_err(|e| Error::internal(format!("rendered HTML is not UTF-8: {e}")))?,
         Format::Pdf => base64::engine::general_purpose::STANDARD.encode(bytes),
     };
     if body.len() > MAX_DOCUMENT_REPLY_BYTES {

@@ -4,6 +4,10 @@
 use crate::catalog::CatalogError;
 use crate::quote::QuoteError;
 
+/// The error a transient or internal failure came from, kept whole (a `sqlx::Error` can still
+/// be asked for its SQLSTATE), not flattened into a string.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The input can never succeed: reply `bad_request`, terminate the message.
@@ -15,10 +19,10 @@ pub enum Error {
     #[error("{0}")]
     Conflict(String),
     /// Worth retrying: the database is unreachable, or a serialization failure or deadlock.
-    #[error("transient: {0}")]
-    Transient(String),
-    #[error("internal: {0}")]
-    Internal(String),
+    #[error(transparent)]
+    Transient(Cause),
+    #[error(transparent)]
+    Internal(Cause),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,29 +55,42 @@ impl Error {
     pub fn bad(msg: impl std::fmt::Display) -> Self {
         Error::BadRequest(msg.to_string())
     }
+
+    /// A failure worth retrying, with its cause (an error value, or a message).
+    pub fn transient(cause: impl Into<Cause>) -> Self {
+        Error::Transient(cause.into())
+    }
+
+    /// A failure that is nobody's input and not worth retrying at once, with its cause.
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        Error::Internal(cause.into())
+    }
 }
 
+/// Classifies a database error once, keeping it as the cause. A data exception (SQLSTATE class
+/// 22) is not the caller's fault: input is checked at the edge against everything PostgreSQL
+/// refuses, so one that still happens (a sum overflowing, say) is internal, never a reason to
+/// refuse a request or drop a message.
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error as E;
-        match &e {
+        let transient = match &e {
             E::Database(db) => match db.code().as_deref() {
                 // serialization_failure, deadlock_detected, lock timeouts, admin shutdown,
                 // too many connections, cannot connect now.
-                Some("40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300") => {
-                    Error::Transient(e.to_string())
-                }
-                Some(c) if c.starts_with("08") => Error::Transient(e.to_string()),
-                // Data exceptions: input the database cannot store (NUL in text, out-of-range values).
-                Some(c) if c.starts_with("22") => Error::BadRequest(db.message().to_string()),
-                _ => Error::Internal(e.to_string()),
+                Some("40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300") => true,
+                Some(c) => c.starts_with("08"),
+                None => false,
             },
-            E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => {
-                Error::Transient(e.to_string())
-            }
-            E::Protocol(_) => Error::Transient(e.to_string()),
-            E::RowNotFound => Error::NotFound("not found".into()),
-            _ => Error::Internal(e.to_string()),
+            E::Io(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Tls(_) => true,
+            E::Protocol(_) => true,
+            E::RowNotFound => return Error::NotFound("not found".into()),
+            _ => false,
+        };
+        if transient {
+            Error::Transient(Box::new(e))
+        } else {
+            Error::Internal(Box::new(e))
         }
     }
 }

@@ -5,8 +5,10 @@
 //! transaction commits.
 
 use crate::error::Error;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{message::Message, AckKind};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// After this many deliveries an internal (non-transient) error is treated as permanent.
 const MAX_INTERNAL_ATTEMPTS: i64 = 5;
@@ -41,6 +43,50 @@ pub async fn settle(msg: &Message, kind: AckKind) {
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+/// How often an idle or failing consumer loop asks whether its consumer still exists.
+const LIVENESS_EVERY: Duration = Duration::from_secs(5);
+
+/// A fetch that fails or comes back empty is normally retried (the server restarting, a
+/// heartbeat missed): only a deleted consumer or stream is the end of a consumer loop, and
+/// the worker must then stop rather than run without the part. A pull from a deleted consumer
+/// may look like an empty fetch, so this asks the server, at most every few seconds.
+pub struct Liveness {
+    checked: Instant,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            checked: Instant::now(),
+        }
+    }
+}
+
+impl Liveness {
+    pub async fn check(&mut self, consumer: &PullConsumer) -> anyhow::Result<()> {
+        if self.checked.elapsed() < LIVENESS_EVERY {
+            return Ok(());
+        }
+        self.checked = Instant::now();
+        match consumer.get_info().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                let name = &consumer.cached_info().name;
+                Err(anyhow::anyhow!("consumer {name} no longer exists: {e}"))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the consumer; retrying");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! planned and republishes the items still pending; the queue's msg-id window drops repeats
 //! and a done item is a no-op.
 
-use super::ack::{ack_for, backoff, delivered, settle};
+use super::ack::{ack_for, backoff, delivered, settle, Liveness};
 use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED, WORK_ITEM};
 use crate::error::Error;
 use crate::store::{self, outbox::Event};
@@ -42,6 +42,7 @@ pub struct WorkItem {
 
 impl RollupConsumer {
     pub async fn run(self) -> anyhow::Result<()> {
+        let mut liveness = Liveness::default();
         while !self.shutdown.is_cancelled() {
             let batch = self
                 .consumer
@@ -51,19 +52,35 @@ impl RollupConsumer {
                 .messages();
             let mut messages = tokio::select! {
                 m = batch => match m {
-                    Ok(m) => { crate::metrics::part_ok(crate::metrics::Part::RollupConsumer); m }
-                    Err(e) => { crate::metrics::part_failed(crate::metrics::Part::RollupConsumer, &e); tracing::warn!(error = %e, "rollup fetch failed"); tokio::time::sleep(Duration::from_secs(1)).await; continue }
+                    Ok(m) => {
+                        crate::metrics::part_ok(crate::metrics::Part::RollupConsumer);
+                        m
+                    }
+                    Err(e) => {
+                        crate::metrics::part_failed(crate::metrics::Part::RollupConsumer, &e);
+                        tracing::warn!(error = %e, "rollup fetch failed");
+                        liveness.check(&self.consumer).await?;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 },
                 _ = self.shutdown.cancelled() => break,
             };
+            let mut got = false;
             while let Some(msg) = messages.next().await {
                 match msg {
-                    Ok(msg) => self.handle(msg).await,
+                    Ok(msg) => {
+                        got = true;
+                        self.handle(msg).await
+                    }
                     Err(e) => {
                         crate::metrics::part_failed(crate::metrics::Part::RollupConsumer, &e);
                         tracing::warn!(error = %e, "rollup message error")
                     }
                 }
+            }
+            if !got {
+                liveness.check(&self.consumer).await?;
             }
         }
         tracing::info!("rollup consumer stopped");
@@ -92,15 +109,14 @@ impl RollupConsumer {
             tracing::Span::current().record("request_id", key.as_str());
             match self.dispatch(&key, &req).await {
                 Ok(()) => settle(&msg, AckKind::Ack).await,
-                Err(e) => {
-                    let kind = ack_for(Err(&e), attempt);
-                    tracing::error!(error = %e, ?kind, "planning the rollup failed");
-                    if matches!(kind, AckKind::Term) {
-                        self.reject(&msg, seq, &e).await;
-                    } else {
+                // Logged once, here or in `reject`, where its fate is decided.
+                Err(e) => match ack_for(Err(&e), attempt) {
+                    AckKind::Term => self.reject(&msg, seq, &e).await,
+                    kind => {
+                        tracing::error!(error = %e, ?kind, "planning the rollup failed; retrying");
                         settle(&msg, kind).await;
                     }
-                }
+                },
             }
         }
         .instrument(span)
@@ -125,7 +141,7 @@ impl RollupConsumer {
                 request_id: key.to_string(),
                 item,
             })
-            .map_err(|e| Error::Internal(format!("work item: {e}")))?;
+            .map_err(|e| Error::internal(format!("work item: {e}")))?;
             let msg = jetstream::message::PublishMessage::build()
                 .payload(body.into())
                 .message_id(format!("{key}:{item}"));
@@ -133,12 +149,12 @@ impl RollupConsumer {
                 .js
                 .send_publish(WORK_ITEM, msg)
                 .await
-                .map_err(|e| Error::Transient(format!("queueing work item {item}: {e}")))?;
+                .map_err(|e| Error::transient(format!("queueing work item {item}: {e}")))?;
             acks.push(ack);
         }
         for ack in acks {
             ack.await
-                .map_err(|e| Error::Transient(format!("work item not stored: {e}")))?;
+                .map_err(|e| Error::transient(format!("work item not stored: {e}")))?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@
 //! reason other than a lost connection, its messages are retried one by one at once, so that
 //! whatever is wrong with one message cannot hold up the others.
 
-use super::ack::{backoff, delivered, settle};
+use super::ack::{backoff, delivered, settle, Liveness};
 use super::USAGE_REJECTED;
 use crate::error::Error;
 use crate::store::{self, outbox::Event, usage::Ingested};
@@ -56,17 +56,18 @@ impl UsageConsumer {
         futures::stream::poll_fn(|cx| next.poll_recv(cx))
             .for_each_concurrent(WRITERS, |batch| this.handle(batch))
             .await;
-        fetcher
+        let fetched = fetcher
             .await
             .map_err(|e| anyhow::anyhow!("usage fetcher panicked: {e}"))?;
         tracing::info!("usage consumer stopped");
-        Ok(())
+        fetched
     }
 
     /// Until shutdown: fetches batches of messages and hands them on parsed. What was fetched
     /// before shutdown is still stored (the channel drains).
-    async fn fetch(self: Arc<Self>, batches: mpsc::Sender<Vec<Parsed>>) {
+    async fn fetch(self: Arc<Self>, batches: mpsc::Sender<Vec<Parsed>>) -> anyhow::Result<()> {
         let fetch_bytes = FETCH_BYTES.max(2 * self.max_payload);
+        let mut liveness = Liveness::default();
         while !self.shutdown.is_cancelled() {
             let batch = self
                 .consumer
@@ -77,8 +78,17 @@ impl UsageConsumer {
                 .messages();
             let mut stream = tokio::select! {
                 m = batch => match m {
-                    Ok(m) => { crate::metrics::part_ok(crate::metrics::Part::UsageConsumer); m }
-                    Err(e) => { crate::metrics::part_failed(crate::metrics::Part::UsageConsumer, &e); tracing::warn!(error = %e, "usage fetch failed"); tokio::time::sleep(Duration::from_secs(1)).await; continue }
+                    Ok(m) => {
+                        crate::metrics::part_ok(crate::metrics::Part::UsageConsumer);
+                        m
+                    }
+                    Err(e) => {
+                        crate::metrics::part_failed(crate::metrics::Part::UsageConsumer, &e);
+                        tracing::warn!(error = %e, "usage fetch failed");
+                        liveness.check(&self.consumer).await?;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 },
                 _ = self.shutdown.cancelled() => break,
             };
@@ -93,6 +103,7 @@ impl UsageConsumer {
                 }
             }
             if messages.is_empty() {
+                liveness.check(&self.consumer).await?;
                 continue;
             }
             let parsed = messages.into_iter().map(parse).collect();
@@ -100,6 +111,7 @@ impl UsageConsumer {
                 break;
             }
         }
+        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(messages = parsed.len()))]

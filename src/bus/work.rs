@@ -7,7 +7,7 @@
 //! `billing.rollup.completed`) and `billing.rollup.progress` is published; then the item is
 //! acked. A crash anywhere before the ack redelivers the item, which finds itself done.
 
-use super::ack::{ack_for, delivered, settle};
+use super::ack::{ack_for, delivered, settle, Liveness};
 use super::rollups::WorkItem;
 use super::{ROLLUP_PROGRESS, WORK_PROGRESS_EVERY};
 use crate::error::Error;
@@ -41,10 +41,11 @@ impl WorkConsumer {
     pub async fn run(self) -> anyhow::Result<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks = JoinSet::new();
-        loop {
+        let mut liveness = Liveness::default();
+        let result = loop {
             let slot = tokio::select! {
                 s = slots.clone().acquire_owned() => s?,
-                _ = self.shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break Ok(()),
             };
             while tasks.try_join_next().is_some() {}
             let batch = self
@@ -62,11 +63,14 @@ impl WorkConsumer {
                     Err(e) => {
                         crate::metrics::part_failed(crate::metrics::Part::WorkConsumer, &e);
                         tracing::warn!(error = %e, "work fetch failed");
+                        if let Err(e) = liveness.check(&self.consumer).await {
+                            break Err(e);
+                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 },
-                _ = self.shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break Ok(()),
             };
             match messages.next().await {
                 Some(Ok(msg)) => {
@@ -77,13 +81,17 @@ impl WorkConsumer {
                     });
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "work message error"),
-                None => {}
+                None => {
+                    if let Err(e) = liveness.check(&self.consumer).await {
+                        break Err(e);
+                    }
+                }
             }
-        }
+        };
         // Items in hand finish (each is one bounded transaction) and are acked.
         while tasks.join_next().await.is_some() {}
         tracing::info!("work consumer stopped");
-        Ok(())
+        result
     }
 
     async fn handle(&self, msg: Message) {

@@ -75,7 +75,7 @@ pub struct Round {
 /// invoice with its lines.
 pub async fn early(tx: &mut PgConnection, draft: &Invoice, now: DateTime<Utc>) -> Result<Invoice> {
     let period = Period::new(draft.period_start, draft.period_end)
-        .map_err(|e| Error::Internal(format!("stored invoice period: {e}")))?;
+        .map_err(|e| Error::internal(format!("stored invoice period: {e}")))?;
     let grace = Grace::with_mode(Mode::Finalize { due_by: None });
     let counts = batch::run(
         tx,
@@ -93,7 +93,7 @@ pub async fn early(tx: &mut PgConnection, draft: &Invoice, now: DateTime<Utc>) -
         )));
     }
     if counts.issued != 1 {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "issuing draft {}: {} invoices issued, expected 1",
             draft.id, counts.issued
         )));

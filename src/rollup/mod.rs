@@ -152,11 +152,11 @@ pub async fn work_item(
         let mut conn = pool.acquire().await?;
         q::load(&mut conn, key)
             .await?
-            .ok_or_else(|| Error::Internal(format!("work item for unknown rollup {key}")))?
+            .ok_or_else(|| Error::internal(format!("work item for unknown rollup {key}")))?
     };
     let mut tx = pool.begin().await?;
     let Some(found) = q::lock_item(&mut tx, key, item).await? else {
-        return Err(Error::Internal(format!("rollup {key} has no item {item}")));
+        return Err(Error::internal(format!("rollup {key} has no item {item}")));
     };
     if found.done {
         return Ok(ItemOutcome::AlreadyDone);
@@ -196,7 +196,7 @@ async fn one_by_one(
     loop {
         let mut tx = pool.begin().await?;
         let Some(found) = q::lock_item(&mut tx, key, item).await? else {
-            return Err(Error::Internal(format!("rollup {key} has no item {item}")));
+            return Err(Error::internal(format!("rollup {key} has no item {item}")));
         };
         if found.done {
             return Ok(ItemOutcome::AlreadyDone);

@@ -35,7 +35,7 @@ fn tenant_from_row(row: &sqlx::postgres::PgRow) -> Result<Tenant> {
             .try_get::<Option<&str>, _>("grace_period")?
             .map(|g| {
                 GracePeriod::parse(g)
-                    .map_err(|e| Error::Internal(format!("stored grace_period is invalid: {e}")))
+                    .map_err(|e| Error::internal(format!("stored grace_period is invalid: {e}")))
             })
             .transpose()?,
     })
@@ -223,7 +223,7 @@ pub async fn put_subscription(pool: &PgPool, s: &Subscription) -> Result<()> {
 fn plan_from_row(row: &sqlx::postgres::PgRow) -> Result<Plan> {
     let included: sqlx::types::Json<BTreeMap<String, String>> = row.try_get("included")?;
     let overage: sqlx::types::Json<BTreeMap<String, OverageDto>> = row.try_get("overage")?;
-    let corrupt = |e: String| Error::Internal(format!("stored plan is invalid: {e}"));
+    let corrupt = |e: String| Error::internal(format!("stored plan is invalid: {e}"));
     let included = included
         .0
         .into_iter()

@@ -121,7 +121,7 @@ fn by_period(rows: &[sqlx::postgres::PgRow]) -> Result<BTreeMap<Period, Vec<Stri
     let mut out: BTreeMap<Period, Vec<String>> = BTreeMap::new();
     for r in rows {
         let period = Period::new(r.try_get("period_start")?, r.try_get("period_end")?)
-            .map_err(|e| Error::Internal(format!("stored invoice period: {e}")))?;
+            .map_err(|e| Error::internal(format!("stored invoice period: {e}")))?;
         out.entry(period).or_default().push(r.try_get("tenant_id")?);
     }
     Ok(out)

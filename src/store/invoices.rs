@@ -24,7 +24,7 @@ pub(crate) fn invoice_from_row(row: &PgRow) -> Result<Invoice> {
         period_end: row.try_get("period_end")?,
         currency: row.try_get("currency")?,
         status: Status::parse(status)
-            .ok_or_else(|| Error::Internal(format!("unknown status {status}")))?,
+            .ok_or_else(|| Error::internal(format!("unknown status {status}")))?,
         subtotal_cents: row.try_get("subtotal_cents")?,
         tax_cents: row.try_get("tax_cents")?,
         total_cents: row.try_get("total_cents")?,
@@ -56,7 +56,7 @@ pub async fn lines_for(db: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uu
                 id: row.try_get("id")?,
                 line: QuoteLine {
                     kind: LineKind::parse(kind)
-                        .ok_or_else(|| Error::Internal(format!("unknown line kind {kind}")))?,
+                        .ok_or_else(|| Error::internal(format!("unknown line kind {kind}")))?,
                     deployment_id: row.try_get("deployment_id")?,
                     resource_kind: row.try_get("resource_kind")?,
                     description: row.try_get("description")?,
@@ -327,7 +327,7 @@ pub(crate) fn number_of(inv: &Invoice) -> Result<Option<i64>> {
         .as_deref()
         .map(|n| {
             crate::invoice::parse_number(n)
-                .ok_or_else(|| Error::Internal(format!("bad invoice number {n}")))
+                .ok_or_else(|| Error::internal(format!("bad invoice number {n}")))
         })
         .transpose()
 }
@@ -338,7 +338,7 @@ fn expect_rows(what: &str, want: usize, got: u64) -> Result<()> {
     if got == want as u64 {
         Ok(())
     } else {
-        Err(Error::Internal(format!(
+        Err(Error::internal(format!(
             "{what}: {got} rows changed, expected {want}; refusing to commit"
         )))
     }

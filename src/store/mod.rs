@@ -58,6 +58,6 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     MIGRATOR.run(pool).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(e) => Error::from(e),
-        other => Error::Internal(format!("migration failed: {other}")),
+        other => Error::internal(format!("migration failed: {other}")),
     })
 }

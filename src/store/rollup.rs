@@ -41,7 +41,7 @@ fn run_from_row(row: &sqlx::postgres::PgRow) -> Result<Run> {
     let failed: sqlx::types::Json<Vec<TenantFailure>> = row.try_get("tenants_failed")?;
     let tenant_ids: Option<Vec<String>> = row.try_get("tenant_ids")?;
     let period = Period::new(row.try_get("period_start")?, row.try_get("period_end")?)
-        .map_err(|e| Error::Internal(format!("stored rollup period: {e}")))?;
+        .map_err(|e| Error::internal(format!("stored rollup period: {e}")))?;
     Ok(Run {
         key: row.try_get("request_id")?,
         request: RollupRequest {
@@ -137,7 +137,7 @@ pub async fn plan(
     }
     let run = load(db, key)
         .await?
-        .ok_or_else(|| Error::Internal(format!("rollup run {key} vanished")))?;
+        .ok_or_else(|| Error::internal(format!("rollup run {key} vanished")))?;
     Ok((run, created))
 }
 

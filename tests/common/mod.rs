@@ -415,6 +415,20 @@ impl WorkerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The exit status, once the process has exited on its own within `within`.
+    pub async fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for WorkerProcess {
