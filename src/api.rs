@@ -123,7 +123,7 @@ pub struct Ctx<'a> {
 }
 
 fn to_value(v: impl serde::Serialize) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| Error::internal(e))
+    serde_json::to_value(v).map_err(Error::internal)
 }
 
 pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) -> Result<Value> {
@@ -316,13 +316,13 @@ async fn render(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
         replaced_by: related_of(invoice.superseded_by),
         replaces: related_of(invoice.supersedes),
     };
-    let view = TaxInvoiceView::build(&invoice, seller, &legal, &related)
-        .map_err(|e| Error::internal(e))?;
+    let view =
+        TaxInvoiceView::build(&invoice, seller, &legal, &related).map_err(Error::internal)?;
     // Laying out and subsetting fonts is CPU work: keep it off the async workers.
     let bytes = tokio::task::spawn_blocking(move || document::render(&view, format))
         .await
         .map_err(|e| Error::internal(format!("rendering task: {e}")))?
-        .map_err(|e| Error::internal(e))?;
+        .map_err(Error::internal)?;
     let body = match format {
         Format::Html => String::from_utf8(bytes)
             .map_err(|e| Error::internal(format!("rendered HTML is not UTF-8: {e}")))?,
