@@ -442,9 +442,10 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
             to.as_str()
         )));
     }
-    // An open grace draft is issued the way its window would have closed: recomputed from all
-    // usage stored so far, then numbered (CONTRACT.md section 5a).
-    if to == Status::Issued && inv.finalizes_at.is_some() {
+    // A draft is issued the way a grace window closes: recomputed from all usage stored so
+    // far, then numbered (CONTRACT.md section 5a), so usage that arrived while it was a draft
+    // is billed.
+    if to == Status::Issued {
         let issued = crate::rollup::finalize::early(&mut tx, &inv, now).await?;
         tx.commit().await?;
         ctx.relay.notify_one();

@@ -431,6 +431,46 @@ async fn late_usage_is_kept_and_reported_and_changes_nothing_without_force() {
     assert_eq!(after["subtotal_cents"], 5750 + (2000 - 1488));
 }
 
+/// Usage arriving while an invoice is a draft (of a `draft` run, with no grace window) is billed
+/// when the draft is issued: an admin `issue` recomputes the draft from all usage stored by then,
+/// as a grace window's close does (CONTRACT.md 5a). Before, such usage was neither billed nor
+/// reported late: the draft was issued with the amounts it had when it was written.
+#[tokio::test]
+async fn usage_arriving_while_the_invoice_is_a_draft_is_billed_when_it_is_issued() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start();
+    let _worker = Worker::start(&db, &nats).await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    load_seed_catalog(&client).await;
+    let dep = Uuid::new_v4();
+    subscribe(&client, "acme", dep).await;
+    rollup(&js, json!({"period_start": APRIL, "draft": true})).await;
+    let draft = live_invoice(&client, "acme").await;
+    assert_eq!(
+        (draft["status"].clone(), draft["subtotal_cents"].clone()),
+        (json!("draft"), json!(5750))
+    );
+
+    let during = record(dep, "droplet_hours", "2000", "2026-04-30T23:00:00Z");
+    publish_usage(&js, &db, vec![during], 1).await;
+    let issued = admin(
+        &client,
+        "billing.admin.invoices.issue",
+        json!({"id": draft["id"]}),
+    )
+    .await;
+    assert_eq!(issued["status"], "issued");
+    assert_eq!(issued["id"], draft["id"], "the draft itself is issued");
+    assert_eq!(issued["subtotal_cents"], 5750 + (2000 - 1488), "{issued}");
+    assert!(
+        stream_messages(&js, "BILLING_EVENTS", "billing.usage.late")
+            .await
+            .is_empty(),
+        "usage billed on the invoice is not also reported late"
+    );
+}
+
 #[tokio::test]
 async fn a_failing_tenant_is_reported_and_does_not_stop_the_others() {
     let db = TestDb::new().await;

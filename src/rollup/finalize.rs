@@ -70,13 +70,13 @@ pub struct Round {
     pub issued: usize,
 }
 
-/// Issues an open grace draft before its time, recomputed from all usage stored so far, in the
-/// caller's transaction (which holds the tenant's and the invoice's locks). Returns the issued
-/// invoice with its lines.
+/// Issues a draft (an open grace draft before its time, or a `draft` run's), recomputed from all
+/// usage stored so far, in the caller's transaction (which holds the tenant's and the invoice's
+/// locks). Returns the issued invoice with its lines.
 pub async fn early(tx: &mut PgConnection, draft: &Invoice, now: DateTime<Utc>) -> Result<Invoice> {
     let period = Period::new(draft.period_start, draft.period_end)
         .map_err(|e| Error::internal(format!("stored invoice period: {e}")))?;
-    let grace = Grace::with_mode(Mode::Finalize { due_by: None });
+    let grace = Grace::with_mode(Mode::IssueDraft);
     let counts = batch::run(
         tx,
         "admin-issue",

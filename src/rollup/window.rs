@@ -33,11 +33,14 @@ pub struct Grace {
 pub enum Mode {
     Rollup,
     Refresh,
-    /// Issues open drafts due by then, or every open draft it is given with `None` (an admin's
-    /// early `issue`).
+    /// Issues open drafts due by then, or every open draft it is given with `None`.
     Finalize {
         due_by: Option<DateTime<Utc>>,
     },
+    /// An admin's `issue` of a draft, with a window or without (a `draft` run's): recomputed
+    /// from all usage stored by now and issued, so usage that arrived while it was a draft is
+    /// billed rather than lost between draft and issue.
+    IssueDraft,
 }
 
 impl Grace {
@@ -116,7 +119,8 @@ pub fn outcome(
         {
             of(decided, Status::Issued, None)
         }
-        (Mode::Refresh | Mode::Finalize { .. }, _) => Outcome::skip(),
+        (Mode::IssueDraft, Action::RecomputeDraft(_)) => of(decided, Status::Issued, None),
+        (Mode::Refresh | Mode::Finalize { .. } | Mode::IssueDraft, _) => Outcome::skip(),
     }
 }
 
@@ -250,6 +254,31 @@ mod tests {
                 Some((Issued, None)),
             ),
             (early, true, RecomputeDraft(id), None, None, None),
+            // An admin's issue recomputes any draft, with a window or without.
+            (
+                Grace::with_mode(Mode::IssueDraft),
+                true,
+                RecomputeDraft(id),
+                None,
+                None,
+                Some((Issued, None)),
+            ),
+            (
+                Grace::with_mode(Mode::IssueDraft),
+                true,
+                RecomputeDraft(id),
+                open,
+                None,
+                Some((Issued, None)),
+            ),
+            (
+                Grace::with_mode(Mode::IssueDraft),
+                true,
+                New,
+                None,
+                None,
+                None,
+            ),
         ];
         for (grace, draft_run, decided, open, tenant, want) in cases {
             let got = outcome(&grace, draft_run, decided, open, tenant, now);
