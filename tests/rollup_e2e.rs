@@ -471,6 +471,86 @@ async fn usage_arriving_while_the_invoice_is_a_draft_is_billed_when_it_is_issued
     );
 }
 
+/// A force rollup and an admin `issue` of the same draft at the same moment. The rollup is
+/// held after it has read the tenant's invoices and before it writes (its usage read waits on a
+/// table lock held here) while the admin issues the draft; then both go on. Before the fix the
+/// rollup rewrote the lines of the invoice the admin had just issued (lines no longer summing to
+/// its subtotal) and left its own reserved number unused (a gap). Now the two exclude each other
+/// (tenant, then invoice locks, in that order, on both paths) and every invariant holds.
+#[tokio::test]
+async fn a_force_rollup_racing_an_admin_issue_never_rewrites_an_issued_invoice() {
+    let db = TestDb::new().await;
+    let nats = NatsServer::start();
+    let _worker = Worker::start(&db, &nats).await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    load_seed_catalog(&client).await;
+    let dep = Uuid::new_v4();
+    subscribe(&client, "acme", dep).await;
+    rollup(&js, json!({"period_start": APRIL, "draft": true})).await;
+    let draft = live_invoice(&client, "acme").await;
+    // Usage the draft does not have yet, so a recomputation changes its amounts.
+    let more = record(dep, "droplet_hours", "2000", "2026-04-20T00:00:00Z");
+    publish_usage(&js, &db, vec![more], 1).await;
+
+    let mut hold = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE usage_records IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    invoicer::client::request_rollup(
+        &js,
+        &json!({"period_start": APRIL, "force": true, "request_id": "race"}),
+        "race",
+    )
+    .await
+    .unwrap();
+    wait_until("the rollup waits, its tenant's invoices read", || async {
+        count(&db, waiting).await >= 1
+    })
+    .await;
+    let issuing = tokio::spawn({
+        let client = client.clone();
+        let id = draft["id"].clone();
+        async move {
+            invoicer::client::call(&client, "billing.admin.invoices.issue", &json!({"id": id}))
+                .await
+        }
+    });
+    wait_until("the admin issue has run or waits too", || async {
+        issuing.is_finished() || count(&db, waiting).await >= 2
+    })
+    .await;
+    hold.commit().await.unwrap();
+    let issued = issuing.await.unwrap();
+    completed(&js, "race").await;
+    if let Err(e) = &issued {
+        assert!(e.to_string().contains("conflict"), "{e}");
+    }
+
+    // One live invoice, issued, whose lines add up to its amounts, and no number gap.
+    let live = live_invoice(&client, "acme").await;
+    assert_eq!(live["status"], "issued", "{live}");
+    let lines = live["lines"].as_array().unwrap();
+    let sum = |tax: bool| -> i64 {
+        lines
+            .iter()
+            .filter(|l| (l["kind"] == "tax") == tax)
+            .map(|l| l["amount_cents"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(json!(sum(false)), live["subtotal_cents"], "{live}");
+    assert_eq!(json!(sum(false) + sum(true)), live["total_cents"], "{live}");
+    assert_eq!(live["subtotal_cents"], 5750 + (2000 - 1488), "{live}");
+    let (numbered, max): (i64, Option<i64>) =
+        sqlx::query_as("SELECT count(number), max(number) FROM invoices")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(Some(numbered), max, "invoice numbers have a gap");
+}
+
 #[tokio::test]
 async fn a_failing_tenant_is_reported_and_does_not_stop_the_others() {
     let db = TestDb::new().await;
