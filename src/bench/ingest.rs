@@ -23,7 +23,11 @@ pub struct Figures {
 }
 
 pub async fn run(ctx: &Ctx<'_>, messages: i64, records: i64) -> anyhow::Result<Figures> {
-    let worker = WorkerProcess::start(&ctx.db.url, &ctx.nats.url, &ctx.worker_env())?;
+    let worker = WorkerProcess::start(
+        &ctx.db.url,
+        &ctx.nats.url,
+        &ctx.worker_env(crate::config::DEFAULT_ROLLUP_CONCURRENCY),
+    )?;
     super::wait_for_services(ctx.client, 1).await?;
     let deployments: Vec<uuid::Uuid> =
         sqlx::query_scalar("SELECT deployment_id FROM subscriptions ORDER BY id LIMIT 10000")

@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// Tenants per rollup work item (ROLLUP_BATCH_SIZE of the workers).
     #[arg(long)]
     pub batch_size: Option<i64>,
+    /// Work items each worker works at once in the 1-versus-2-workers comparison. One item
+    /// each shows the work spreading across processes; a third run measures one worker at the
+    /// default ROLLUP_CONCURRENCY.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
     /// Skip the naive one-transaction-per-tenant phase (the slowest).
     #[arg(long)]
     pub skip_naive: bool,
@@ -96,12 +101,22 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
     };
 
-    let one = ctx.rollup(1).await.context("rollup with one worker")?;
+    let c = args.concurrency;
+    let one = ctx.rollup(1, c).await.context("rollup with one worker")?;
     eprintln!("bench: rollup, 1 worker: {:.2}s", one.elapsed.as_secs_f64());
-    let two = ctx.rollup(2).await.context("rollup with two workers")?;
+    let two = ctx.rollup(2, c).await.context("rollup with two workers")?;
     eprintln!(
         "bench: rollup, 2 workers: {:.2}s",
         two.elapsed.as_secs_f64()
+    );
+    let default_c = crate::config::DEFAULT_ROLLUP_CONCURRENCY;
+    let one_default = ctx
+        .rollup(1, default_c)
+        .await
+        .context("rollup with one worker at the default concurrency")?;
+    eprintln!(
+        "bench: rollup, 1 worker x {default_c} items: {:.2}s",
+        one_default.elapsed.as_secs_f64()
     );
     let written = ctx.written_rows().await?;
     let floor = ctx.copy_floor().await.context("COPY floor")?;
@@ -122,8 +137,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
     let mut report = Report::default();
     report.header(n, &written);
-    report.rollup("rollup, 1 worker", &one, n);
-    report.rollup("rollup, 2 workers", &two, n);
+    report.rollup(&format!("rollup, 1 worker x {c} item at once"), &one, n);
+    report.rollup(&format!("rollup, 2 workers x {c} item at once"), &two, n);
+    report.rollup(
+        &format!("rollup, 1 worker x {default_c} items at once (default)"),
+        &one_default,
+        n,
+    );
     report.row(
         "COPY floor (same rows)",
         format!("{:.2} s", floor.as_secs_f64()),
@@ -165,7 +185,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         format!("{} quotes in {:.2} s", quotes.0, quotes.1.as_secs_f64()),
         format!("{:.0} quotes/s", per_sec(quotes.0, quotes.1)),
     );
-    let best = one.elapsed.min(two.elapsed);
+    let best = one.elapsed.min(two.elapsed).min(one_default.elapsed);
     report.ratio(
         "rollup (best) / COPY floor",
         ratio(best, floor),
@@ -233,16 +253,20 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn worker_env(&self) -> Vec<(&'static str, String)> {
-        self.batch_size
-            .map(|b| vec![("ROLLUP_BATCH_SIZE", b.to_string())])
-            .unwrap_or_default()
+    fn worker_env(&self, concurrency: usize) -> Vec<(&'static str, String)> {
+        let mut env = vec![("ROLLUP_CONCURRENCY", concurrency.to_string())];
+        if let Some(b) = self.batch_size {
+            env.push(("ROLLUP_BATCH_SIZE", b.to_string()));
+        }
+        env
     }
 
-    async fn rollup(&self, workers: usize) -> anyhow::Result<RollupFigures> {
+    async fn rollup(&self, workers: usize, concurrency: usize) -> anyhow::Result<RollupFigures> {
         self.reset().await?;
         let procs = (0..workers)
-            .map(|_| WorkerProcess::start(&self.db.url, &self.nats.url, &self.worker_env()))
+            .map(|_| {
+                WorkerProcess::start(&self.db.url, &self.nats.url, &self.worker_env(concurrency))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_for_services(self.client, workers).await?;
         let request_id = format!("bench-{}", uuid::Uuid::new_v4());

@@ -222,6 +222,8 @@ impl Cli {
             Command::Run { .. } | Command::Migrate { .. } | Command::Scheduler { .. } => {
                 crate::telemetry::SERVICE_FILTER
             }
+            // Its statements are slow on purpose (generating millions of rows).
+            Command::Bench(_) => "warn,sqlx=error",
             _ => crate::telemetry::QUIET_FILTER,
         }
     }
