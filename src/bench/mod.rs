@@ -73,9 +73,21 @@ pub struct RollupFigures {
 }
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let n = args.tenants;
     let nats = NatsProcess::start(&args.nats_server)?;
     let db = BenchDb::create(&args.database_url).await?;
+    let result = measure(args, &nats, &db).await;
+    drop(nats);
+    if args.keep || args.generate_only {
+        eprintln!("bench: kept database {}", db.name);
+    } else {
+        // Dropped whether the run succeeded or not: a failed run leaves nothing behind.
+        db.drop_now().await?;
+    }
+    result
+}
+
+async fn measure(args: &BenchArgs, nats: &NatsProcess, db: &BenchDb) -> anyhow::Result<()> {
+    let n = args.tenants;
     eprintln!(
         "bench: database {}, nats {}; generating {n} tenants ({} subscriptions, {} usage records)",
         db.name,
@@ -93,8 +105,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let client = async_nats::connect(&nats.url).await?;
     let js = jetstream::new(client.clone());
     let ctx = Ctx {
-        db: &db,
-        nats: &nats,
+        db,
+        nats,
         client: &client,
         js: &js,
         tenants: n,
@@ -201,13 +213,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     println!("{}", report.0);
 
-    drop(client);
-    drop(nats);
-    if args.keep {
-        eprintln!("bench: kept database {}", db.name);
-    } else {
-        db.drop_now().await?;
-    }
     Ok(())
 }
 
