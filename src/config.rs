@@ -2,6 +2,7 @@
 
 use clap::Args;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/invoicer";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -76,6 +77,12 @@ pub struct WorkerArgs {
     /// Tenants per rollup work item, priced and written in one database transaction.
     #[arg(long, env = "ROLLUP_BATCH_SIZE", default_value_t = crate::rollup::DEFAULT_BATCH_SIZE)]
     pub rollup_batch_size: i64,
+    /// How long a rollup request or work item that keeps failing (the database unreachable) is
+    /// retried, with growing delays up to a minute, e.g. 1h, 30m, 10s (at most 24h). Then a
+    /// request is rejected with its cause (`billing.rollup.rejected`), and an item's tenants are
+    /// worked one at a time, those still failing reported in `tenants_failed`.
+    #[arg(long, env = "ROLLUP_RETRY_WINDOW", default_value = "1h", value_parser = retry_window)]
+    pub rollup_retry_window: Duration,
     /// Rollup work items this replica works at once.
     #[arg(long, env = "ROLLUP_CONCURRENCY", default_value_t = DEFAULT_ROLLUP_CONCURRENCY)]
     pub rollup_concurrency: usize,
@@ -90,15 +97,38 @@ pub struct WorkerArgs {
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(3600);
+
+fn retry_window(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 1h, 30m or 10s)"))?;
+    if d > Duration::from_secs(86_400) {
+        return Err("at most 24h: a rollup request should not wait longer to be answered".into());
+    }
+    Ok(d)
+}
 
 impl Default for WorkerArgs {
     fn default() -> Self {
         WorkerArgs {
             rollup_batch_size: crate::rollup::DEFAULT_BATCH_SIZE,
             rollup_concurrency: DEFAULT_ROLLUP_CONCURRENCY,
+            rollup_retry_window: DEFAULT_RETRY_WINDOW,
             service_concurrency: 8,
             streams: StreamArgs::default(),
             metrics_addr: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_window_is_a_bounded_duration() {
+        assert_eq!(retry_window("1h"), Ok(DEFAULT_RETRY_WINDOW));
+        assert_eq!(retry_window("10s"), Ok(Duration::from_secs(10)));
+        assert!(retry_window("2d").is_err());
+        assert!(retry_window("soon").is_err());
     }
 }

@@ -130,9 +130,17 @@ pub enum ItemOutcome {
 }
 
 /// Works one item: all its tenants in one transaction, or, if that fails for a non-transient
-/// reason, one tenant per transaction from where it left off.
+/// reason, one tenant per transaction from where it left off. As a `last_resort` (after the
+/// item's retries), straight to one tenant per transaction, with a transient failure of a
+/// tenant reported as that tenant's failure instead of failing the item again.
 #[tracing::instrument(skip_all, fields(request_id = key, item))]
-pub async fn work_item(pool: &PgPool, key: &str, item: i32, worker: &str) -> Result<ItemOutcome> {
+pub async fn work_item(
+    pool: &PgPool,
+    key: &str,
+    item: i32,
+    worker: &str,
+    last_resort: bool,
+) -> Result<ItemOutcome> {
     let run = {
         let mut conn = pool.acquire().await?;
         q::load(&mut conn, key)
@@ -146,7 +154,7 @@ pub async fn work_item(pool: &PgPool, key: &str, item: i32, worker: &str) -> Res
     if found.done {
         return Ok(ItemOutcome::AlreadyDone);
     }
-    if found.cursor.is_none() {
+    if found.cursor.is_none() && !last_resort {
         let now = Utc::now().trunc_subsecs(0);
         match batch::run(&mut tx, key, &run.request, &found.tenant_ids, now).await {
             Ok(counts) => {
@@ -164,13 +172,20 @@ pub async fn work_item(pool: &PgPool, key: &str, item: i32, worker: &str) -> Res
     } else {
         drop(tx);
     }
-    one_by_one(pool, &run, item, worker).await
+    one_by_one(pool, &run, item, worker, last_resort).await
 }
 
 /// The fallback for a failing batch: each tenant in its own transaction, progress recorded in
 /// the item with each one, so a crash resumes after the last tenant done and a tenant that
-/// still fails is reported once.
-async fn one_by_one(pool: &PgPool, run: &Run, item: i32, worker: &str) -> Result<ItemOutcome> {
+/// still fails is reported once. Errors outside a tenant's own writes (the item's lock and
+/// bookkeeping) are the item's, and are raised even as a last resort.
+async fn one_by_one(
+    pool: &PgPool,
+    run: &Run,
+    item: i32,
+    worker: &str,
+    last_resort: bool,
+) -> Result<ItemOutcome> {
     let key = run.key.as_str();
     loop {
         let mut tx = pool.begin().await?;
@@ -207,7 +222,7 @@ async fn one_by_one(pool: &PgPool, run: &Run, item: i32, worker: &str) -> Result
                 attempt.commit().await?;
                 counts
             }
-            Err(e) if e.is_transient() => return Err(e),
+            Err(e) if e.is_transient() && !last_resort => return Err(e),
             Err(e) => {
                 attempt.rollback().await?;
                 tracing::warn!(tenant = %tenant, error = %e, "tenant failed");

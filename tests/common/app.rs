@@ -5,7 +5,8 @@
 //!
 //! Faults are injected from outside, as they happen in production: signals to processes, a
 //! NATS node stopped and restarted on its store, database backends terminated, and a TCP proxy
-//! in front of PostgreSQL that can cut every connection ([`DbProxy`]). Nothing in the product
+//! between a worker and a server that can cut every connection or hold the server's answers
+//! ([`TcpProxy`]). Nothing in the product
 //! knows it is under test.
 //!
 //! Waiting is always on a state (a row, an event, a reply, a process exit) with a deadline.
@@ -215,28 +216,38 @@ async fn wait_jetstream(client: &async_nats::Client, peers: usize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// PostgreSQL behind a proxy that can be cut: the database "goes away" for the workers only.
+// A TCP proxy between a worker and a server: cut the line, or hold the server's answers.
 // ---------------------------------------------------------------------------------------------
 
-/// A TCP proxy to the machine's PostgreSQL. While cut, every open connection is dropped and new
-/// ones are closed as soon as they are accepted, as when the database host is unreachable.
-pub struct DbProxy {
+/// A TCP proxy to a local port. [`TcpProxy::cut`] drops every open connection and closes new
+/// ones as soon as they are accepted, as when the server's host is unreachable;
+/// [`TcpProxy::hold_replies`] lets the client's bytes through but holds back the server's, as
+/// when a network stalls after a request was sent (for NATS: messages published and stored, the
+/// acknowledgements not yet received).
+pub struct TcpProxy {
     pub port: u16,
     up: Arc<AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
+    hold: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl DbProxy {
-    pub async fn start() -> DbProxy {
+impl TcpProxy {
+    /// A proxy to the machine's PostgreSQL.
+    pub async fn postgres() -> TcpProxy {
+        Self::to(5432).await
+    }
+
+    pub async fn to(target: u16) -> TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let (hold, holds) = tokio::sync::watch::channel(false);
         let accepting = up.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if !accepting.load(Ordering::SeqCst) {
@@ -244,29 +255,41 @@ impl DbProxy {
                     continue;
                 }
                 let mut cuts = cuts.clone();
+                // Only a cut after this connection opened ends it.
+                cuts.borrow_and_update();
+                let holds = holds.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     else {
                         return;
                     };
+                    let (client_rx, client_tx) = inbound.into_split();
+                    let (server_rx, server_tx) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = pipe(client_rx, server_tx, None) => {}
+                        _ = pipe(server_rx, client_tx, Some(holds)) => {}
                         _ = cuts.changed() => {}
                     }
                 });
             }
         });
-        DbProxy {
+        TcpProxy {
             port,
             up,
             cut,
+            hold,
             task,
         }
     }
 
     /// A database URL through the proxy.
-    pub fn url(&self, db: &TestDb) -> String {
+    pub fn pg_url(&self, db: &TestDb) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
+    }
+
+    /// A NATS URL through the proxy.
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// Drops every connection through the proxy and refuses new ones.
@@ -277,10 +300,44 @@ impl DbProxy {
 
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+        self.hold.send_replace(false);
+    }
+
+    /// Holds back everything the server sends until [`TcpProxy::release`].
+    pub fn hold_replies(&self) {
+        self.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.hold.send_replace(false);
     }
 }
 
-impl Drop for DbProxy {
+/// Copies bytes one way; with `hold`, waits while it is set before passing a chunk on.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hold: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(hold) = hold.as_mut() {
+            if hold.wait_for(|held| !*held).await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
         self.cut.send_modify(|n| *n += 1);
@@ -341,8 +398,10 @@ impl Drop for AppWorker {
 pub struct WorkerOpts {
     /// Which NATS node to connect to (default: round robin over the nodes).
     pub node: Option<usize>,
-    /// A database URL other than the test database's own (e.g. through a [`DbProxy`]).
+    /// A database URL other than the test database's own (e.g. through a [`TcpProxy`]).
     pub database_url: Option<String>,
+    /// A NATS URL other than the node's own (e.g. through a [`TcpProxy`]).
+    pub nats_url: Option<String>,
     pub env: Vec<(String, String)>,
 }
 
@@ -517,6 +576,7 @@ impl TestApp {
         let js = jetstream::new(client.clone());
         let mut env = BTreeMap::new();
         env.insert("RUST_LOG".into(), "warn,invoicer=info".into());
+        env.insert("NO_COLOR".into(), "1".into());
         if nodes > 1 {
             env.insert("NATS_STREAM_REPLICAS".into(), nodes.to_string());
         }
@@ -583,7 +643,10 @@ impl TestApp {
                 "DATABASE_URL",
                 format!("{db_url}{sep}application_name={name}"),
             )
-            .env("NATS_URL", &self.nodes[node].url)
+            .env(
+                "NATS_URL",
+                opts.nats_url.as_deref().unwrap_or(&self.nodes[node].url),
+            )
             .envs(&self.env)
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
@@ -871,5 +934,101 @@ impl Drop for TestApp {
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inside the item transactions.
+// ---------------------------------------------------------------------------------------------
+
+/// When each item transaction started, took its invoice numbers, and wrote its completion,
+/// from triggers in the test's own database (transaction time and clock time).
+pub struct ItemClock;
+
+#[derive(Debug, Clone)]
+pub struct ItemTimes {
+    pub request_id: String,
+    pub item: i32,
+    pub worker: String,
+    pub started: f64,
+    pub numbers_taken: Option<f64>,
+    pub done: f64,
+}
+
+impl ItemClock {
+    pub async fn install(app: &TestApp) {
+        for sql in [
+            "CREATE TABLE test_item_log (txid bigint, request_id text, item_no int, worker text,
+               started timestamptz, done timestamptz)",
+            "CREATE TABLE test_counter_log (txid bigint, taken timestamptz)",
+            "CREATE FUNCTION test_log_item() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.done_at IS NOT NULL AND OLD.done_at IS NULL THEN
+                 INSERT INTO test_item_log VALUES (txid_current(), NEW.request_id, NEW.item_no,
+                   NEW.processed_by, now(), clock_timestamp());
+               END IF;
+               RETURN NEW;
+             END $$",
+            "CREATE TRIGGER test_log_item AFTER UPDATE ON rollup_items
+             FOR EACH ROW EXECUTE FUNCTION test_log_item()",
+            "CREATE FUNCTION test_log_counter() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO test_counter_log VALUES (txid_current(), clock_timestamp());
+               RETURN NEW;
+             END $$",
+            "CREATE TRIGGER test_log_counter AFTER UPDATE ON invoice_numbers
+             FOR EACH ROW EXECUTE FUNCTION test_log_counter()",
+        ] {
+            sqlx::query(sql).execute(&app.db.pool).await.unwrap();
+        }
+    }
+
+    /// Makes writing one tenant's invoice lines take `seconds`: work an item does before it
+    /// takes invoice numbers.
+    pub async fn slow_tenant(app: &TestApp, tenant: &str, seconds: f64) {
+        sqlx::query(&format!(
+            "CREATE FUNCTION test_slow_lines() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF EXISTS (SELECT 1 FROM new_lines l JOIN subscriptions s
+                          ON s.deployment_id = l.deployment_id WHERE s.tenant_id = '{tenant}') THEN
+                 PERFORM pg_sleep({seconds});
+               END IF;
+               RETURN NULL;
+             END $$"
+        ))
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER test_slow_lines AFTER INSERT ON invoice_lines
+             REFERENCING NEW TABLE AS new_lines FOR EACH STATEMENT EXECUTE FUNCTION test_slow_lines()",
+        )
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    }
+
+    /// Item times in seconds since the epoch.
+    pub async fn read(app: &TestApp, request_id: &str) -> Vec<ItemTimes> {
+        let rows: Vec<(i32, String, f64, Option<f64>, f64)> = sqlx::query_as(
+            "SELECT i.item_no, i.worker, extract(epoch FROM i.started)::float8,
+                    extract(epoch FROM c.taken)::float8, extract(epoch FROM i.done)::float8
+             FROM test_item_log i LEFT JOIN test_counter_log c USING (txid)
+             WHERE i.request_id = $1 ORDER BY i.done",
+        )
+        .bind(request_id)
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(item, worker, started, numbers_taken, done)| ItemTimes {
+                request_id: request_id.to_string(),
+                item,
+                worker,
+                started,
+                numbers_taken,
+                done,
+            })
+            .collect()
     }
 }
