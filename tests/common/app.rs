@@ -924,6 +924,11 @@ impl Drop for TestApp {
                 let _ = w.child.wait();
             }
         }
+        if std::env::var_os("TESTAPP_KEEP_LOGS").is_some() {
+            // For a post-mortem: the worker and nats-server logs stay on disk.
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("TestApp logs kept in {}", dir.keep().display());
+        }
         if std::thread::panicking() {
             for w in &self.workers {
                 let log = w.log();
