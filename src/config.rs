@@ -78,10 +78,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "ROLLUP_BATCH_SIZE", default_value_t = crate::rollup::DEFAULT_BATCH_SIZE)]
     pub rollup_batch_size: i64,
     /// How long a rollup request or work item that keeps failing (the database unreachable) is
-    /// retried, with growing delays up to a minute, e.g. 1h, 30m, 10s (at most 24h). Then a
-    /// request is rejected with its cause (`billing.rollup.rejected`), and an item's tenants are
-    /// worked one at a time, those still failing reported in `tenants_failed`.
-    #[arg(long, env = "ROLLUP_RETRY_WINDOW", default_value = "1h", value_parser = retry_window)]
+    /// retried: the sum of the delays between attempts (1 s, 2 s, 4 s ... up to a minute), e.g.
+    /// 50m, 10s (at most 24h). Then a request is rejected with its cause
+    /// (`billing.rollup.rejected`), and an item's tenants are worked one at a time, those still
+    /// failing reported in `tenants_failed`. The default leaves room for the attempts' own
+    /// time (a connection attempt may wait 10 s), so a request is answered within the hour.
+    #[arg(long, env = "ROLLUP_RETRY_WINDOW", default_value = "50m", value_parser = retry_window)]
     pub rollup_retry_window: Duration,
     /// Rollup work items this replica works at once.
     #[arg(long, env = "ROLLUP_CONCURRENCY", default_value_t = DEFAULT_ROLLUP_CONCURRENCY)]
@@ -97,7 +99,7 @@ pub struct WorkerArgs {
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
-pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(3600);
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(50 * 60);
 
 fn retry_window(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 1h, 30m or 10s)"))?;
@@ -126,7 +128,7 @@ mod tests {
 
     #[test]
     fn the_retry_window_is_a_bounded_duration() {
-        assert_eq!(retry_window("1h"), Ok(DEFAULT_RETRY_WINDOW));
+        assert_eq!(retry_window("50m"), Ok(DEFAULT_RETRY_WINDOW));
         assert_eq!(retry_window("10s"), Ok(Duration::from_secs(10)));
         assert!(retry_window("2d").is_err());
         assert!(retry_window("soon").is_err());

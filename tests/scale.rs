@@ -62,6 +62,19 @@ async fn two_workers_share_one_rollup_and_overlap() {
     let billing = app.assert_billed_once(TENANTS).await;
     let log = app.events().await;
     assert_eq!(log.completed(&id).len(), 1, "one completed event");
+    // Progress went out as items finished, up to all of them.
+    wait_for(
+        "progress reaches the total",
+        Duration::from_secs(10),
+        || async {
+            app.progress(&id)
+                .iter()
+                .any(|p| p["tenants_done"] == TENANTS && p["tenants_total"] == TENANTS)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(app.progress(&id).len() > 10, "progress after each item");
     let revenue = app
         .scalar("SELECT sum(total_cents)::bigint FROM invoices WHERE status = 'issued'")
         .await;
@@ -241,10 +254,30 @@ async fn a_three_node_cluster_with_replicated_streams() {
     .await;
 
     let id = app.request(json!({})).await;
+    // Node 1, the first worker's server, dies (SIGKILL) mid-rollup: the worker moves to another
+    // node, the streams' leaders move to the surviving replicas, and nothing is lost.
+    wait_for("a fifth of the items", Duration::from_secs(60), || async {
+        (app.scalar("SELECT count(*) FROM rollup_items WHERE done_at IS NOT NULL")
+            .await
+            >= 8)
+            .then_some(())
+    })
+    .await;
+    app.nodes[0].kill();
+    let at_stop = app
+        .scalar("SELECT count(*) FROM rollup_items WHERE done_at IS NOT NULL")
+        .await;
+    let killed = Instant::now();
     let done = app.completed(&id, Duration::from_secs(120)).await;
+    let completed_after = killed.elapsed().as_secs_f64();
+    assert!(at_stop < 40, "the node must die mid-rollup");
     assert_eq!(done["invoices_issued"], TENANTS, "{done}");
     let billing = app.assert_billed_once(TENANTS).await;
+    let checked_after = killed.elapsed().as_secs_f64();
     assert_eq!(app.events().await.completed(&id).len(), 1);
+    for w in &mut app.workers {
+        assert!(w.is_running(), "{} exited:\n{}", w.name, w.log());
+    }
     let workers = app
         .scalar(&format!(
             "SELECT count(DISTINCT processed_by) FROM rollup_items WHERE request_id = '{id}'"
@@ -253,7 +286,9 @@ async fn a_three_node_cluster_with_replicated_streams() {
     assert_eq!(workers, 2, "both workers took items");
     println!(
         "[scale] 3-node cluster, R3 streams: {TENANTS} tenants, 40 items over 2 workers on 2 \
-         nodes; {} issued events, 1 completed; {:.1}s",
+         nodes, node 1 SIGKILLed at {at_stop}/40 items, completed {completed_after:.1}s later, \
+         events all in the stream {checked_after:.1}s after the kill; {} issued events, 1 \
+         completed; {:.1}s",
         billing.issued_events,
         started.elapsed().as_secs_f64()
     );

@@ -12,7 +12,7 @@
 //! Waiting is always on a state (a row, an event, a reply, a process exit) with a deadline.
 
 use super::{free_port, TestDb};
-use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use async_nats::jetstream;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -126,6 +126,14 @@ impl NatsNode {
         if let Some(mut child) = self.child.take() {
             signal(&child, "TERM");
             wait_exit(&mut child, Duration::from_secs(20), "nats-server");
+        }
+    }
+
+    /// SIGKILLs the server, as when its machine dies.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -425,57 +433,61 @@ pub async fn read_stream(
     stream: &str,
     subject: Option<&str>,
 ) -> Vec<StoredEvent> {
-    let mut s = js.get_stream(stream).await.unwrap();
-    let state = s.info().await.unwrap().state.clone();
-    if state.messages == 0 {
-        return vec![];
-    }
-    let consumer = s
-        .create_consumer(pull::Config {
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            deliver_policy: DeliverPolicy::All,
-            filter_subject: subject.unwrap_or_default().to_string(),
-            inactive_threshold: Duration::from_secs(60),
-            memory_storage: true,
-            ..Default::default()
-        })
+    try_read_stream(js, stream, subject)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("reading {stream}: {e:#}"))
+}
+
+/// As [`read_stream`], with JetStream's errors returned (a cluster electing a leader answers
+/// with timeouts for a moment). Messages are fetched by sequence from the stream's leader (no
+/// consumer to create, which on a cluster that just lost a node can take long): on one subject
+/// by walking `next_by_subj`, else every sequence, many requests in flight.
+pub async fn try_read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: Option<&str>,
+) -> anyhow::Result<Vec<StoredEvent>> {
+    use anyhow::Context;
+    use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
+    let mut s = js.get_stream(stream).await.context("stream info")?;
+    let last = s.info().await.context("stream info")?.state.last_sequence;
+    let event = |m: async_nats::jetstream::message::StreamMessage| StoredEvent {
+        seq: m.sequence,
+        subject: m.subject.to_string(),
+        msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
+        payload: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
+    };
     let mut out = Vec::new();
-    loop {
-        let mut batch = consumer
-            .batch()
-            .max_messages(1000)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .unwrap();
-        let mut got = 0;
-        let mut pending = 1;
-        while let Some(m) = batch.next().await {
-            let m = m.unwrap();
-            let info = m.info().unwrap();
-            pending = info.pending;
-            got += 1;
-            out.push(StoredEvent {
-                seq: info.stream_sequence,
-                subject: m.subject.to_string(),
-                msg_id: m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.to_string()),
-                payload: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
-            });
+    if let Some(subject) = subject {
+        let mut next = 1;
+        while next <= last {
+            match s.get_first_raw_message_by_subject(subject, next).await {
+                Ok(m) => {
+                    next = m.sequence + 1;
+                    out.push(event(m));
+                }
+                Err(e) if e.kind() == Kind::NoMessageFound => break,
+                Err(e) => return Err(e).context("reading a message"),
+            }
         }
-        if pending == 0 || got == 0 {
-            break;
+        return Ok(out);
+    }
+    let fetched: Vec<_> = futures::stream::iter(1..=last)
+        .map(|seq| {
+            let s = &s;
+            async move { s.get_raw_message(seq).await }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    for m in fetched {
+        match m {
+            Ok(m) => out.push(event(m)),
+            Err(e) if e.kind() == Kind::NoMessageFound => {}
+            Err(e) => return Err(e).context("reading a message"),
         }
     }
-    let _ = s
-        .delete_consumer(consumer.cached_info().name.as_str())
-        .await;
-    out
+    Ok(out)
 }
 
 /// The events of `BILLING_EVENTS`, grouped the way the assertions need them.
@@ -779,8 +791,9 @@ impl TestApp {
             &format!("rollup {request_id} completes"),
             within,
             || async {
-                read_stream(&self.js, "BILLING_EVENTS", Some("billing.rollup.completed"))
+                try_read_stream(&self.js, "BILLING_EVENTS", Some("billing.rollup.completed"))
                     .await
+                    .ok()?
                     .into_iter()
                     .find(|e| e.payload["request_id"] == request_id)
                     .map(|e| e.payload)
@@ -789,11 +802,16 @@ impl TestApp {
         .await
     }
 
-    /// Every event in `BILLING_EVENTS`.
+    /// Every event in `BILLING_EVENTS` (retried for a while: on a cluster that just lost a node,
+    /// JetStream answers with timeouts until the stream's new leader has caught up).
     pub async fn events(&self) -> EventLog {
-        EventLog {
-            events: read_stream(&self.js, "BILLING_EVENTS", None).await,
-        }
+        let events = wait_for(
+            "BILLING_EVENTS can be read",
+            Duration::from_secs(60),
+            || async { try_read_stream(&self.js, "BILLING_EVENTS", None).await.ok() },
+        )
+        .await;
+        EventLog { events }
     }
 
     /// The progress events seen so far for a request.
