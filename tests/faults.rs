@@ -1016,3 +1016,71 @@ async fn sigterm_during_a_rollup_drains_and_exits_zero() {
         ),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_releases_an_item_that_does_not_finish_in_time() {
+    const TENANTS: i64 = 200;
+    let started = Instant::now();
+    let mut app = TestApp::start().await;
+    app.set_env("ROLLUP_BATCH_SIZE", 20);
+    app.seed(TENANTS).await;
+    // The first attempt at t00050's lines takes 20 s (a sequence is not rolled back, so only
+    // the first attempt sleeps): an item wedged on a slow statement or a lock.
+    for sql in [
+        "CREATE SEQUENCE test_slow_once",
+        "CREATE FUNCTION test_slow_lines() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF EXISTS (SELECT 1 FROM new_lines l JOIN subscriptions s
+                      ON s.deployment_id = l.deployment_id WHERE s.tenant_id = 't00050')
+              AND nextval('test_slow_once') = 1 THEN
+             PERFORM pg_sleep(20);
+           END IF;
+           RETURN NULL;
+         END $$",
+        "CREATE TRIGGER test_slow_lines AFTER INSERT ON invoice_lines
+         REFERENCING NEW TABLE AS new_lines FOR EACH STATEMENT EXECUTE FUNCTION test_slow_lines()",
+    ] {
+        sqlx::query(sql).execute(&app.db.pool).await.unwrap();
+    }
+    app.spawn_worker().await;
+    let id = app.request(json!({})).await;
+    wait_for("the worker is inside the slow item", Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'",
+        )
+        .bind(&app.db.name)
+        .fetch_optional(&app.db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let (status, took) = app.workers[0].terminate(Duration::from_secs(40));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(13),
+        "took {took:?} to stop: the wedged item was waited for, not released"
+    );
+    let restarted = Instant::now();
+    app.spawn_worker().await;
+    let done = app.completed(&id, Duration::from_secs(60)).await;
+    let redone = restarted.elapsed();
+    assert_eq!(done["invoices_issued"], TENANTS, "{done}");
+    // The stopped worker's session did not sit on the item's locks until its statement ended
+    // (10 s more): the server noticed the client had gone.
+    assert!(
+        redone < Duration::from_secs(6),
+        "the released item was redone {redone:?} after the restart"
+    );
+    let billing = app.assert_billed_once(TENANTS).await;
+    report(
+        "SIGTERM, wedged item",
+        started,
+        format!(
+            "{TENANTS} tenants, one item stuck 20 s: exit 0 in {:.1}s, its item released and done \
+             by the next worker {:.1}s after its start; {} issued events",
+            took.as_secs_f64(),
+            redone.as_secs_f64(),
+            billing.issued_events
+        ),
+    );
+}

@@ -36,6 +36,10 @@ pub const WORK_CONSUMER: &str = "invoicer-work";
 /// a dead (or wedged) replica's messages move, within this bound.
 pub const WORK_ACK_WAIT: Duration = Duration::from_secs(10);
 pub const WORK_PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// How long a stopping worker waits for the items in hand before it releases them: within
+/// the usual grace of process managers (Kubernetes sends SIGKILL 30 s after SIGTERM), with room
+/// left for the relay to publish what was committed.
+pub const WORK_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Connects with the configured credentials and inbox prefix.
 pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::Client> {

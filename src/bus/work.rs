@@ -7,13 +7,16 @@
 //! `billing.rollup.completed`) and `billing.rollup.progress` is published; then the item is
 //! acked. A crash anywhere before the ack redelivers the item, which finds itself done.
 //!
+//! On shutdown, items in hand get [`WORK_DRAIN_GRACE`] to finish; any still running are then
+//! released (rolled back and nak'd for another replica), so a wedged item cannot hold up a stop.
+//!
 //! An item is never terminated. One that keeps failing is retried within `ROLLUP_RETRY_WINDOW`,
 //! then worked one tenant per transaction with every failure final, so the run completes and
 //! reports those tenants in `tenants_failed` with the cause.
 
 use super::ack::{backoff, delivered, in_progress, settle, RetryWindow};
 use super::rollups::WorkItem;
-use super::{ROLLUP_PROGRESS, WORK_PROGRESS_EVERY};
+use super::{ROLLUP_PROGRESS, WORK_DRAIN_GRACE, WORK_PROGRESS_EVERY};
 use crate::error::Error;
 use crate::rollup::{self, ItemOutcome};
 use async_nats::jetstream::{consumer::PullConsumer, message::Message, AckKind};
@@ -46,6 +49,7 @@ impl WorkConsumer {
     pub async fn run(self) -> anyhow::Result<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks = JoinSet::new();
+        let abandon = CancellationToken::new();
         loop {
             let slot = tokio::select! {
                 s = slots.clone().acquire_owned() => s?,
@@ -76,8 +80,9 @@ impl WorkConsumer {
             match messages.next().await {
                 Some(Ok(msg)) => {
                     let this = self.clone();
+                    let abandon = abandon.clone();
                     tasks.spawn(async move {
-                        this.handle(msg).await;
+                        this.handle(msg, abandon).await;
                         drop(slot);
                     });
                 }
@@ -85,13 +90,24 @@ impl WorkConsumer {
                 None => {}
             }
         }
-        // Items in hand finish (each is one bounded transaction) and are acked.
-        while tasks.join_next().await.is_some() {}
+        // Items in hand get a grace period to finish and be acked. An item is one transaction,
+        // but a slow statement or a lock wait can hold it for any time: what is still running
+        // after the grace is released (rolled back and nak'd, so another replica takes it now).
+        let drained = tokio::time::timeout(WORK_DRAIN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(items = tasks.len(), grace = ?WORK_DRAIN_GRACE,
+                "items still running at shutdown; releasing them");
+            abandon.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
         tracing::info!("work consumer stopped");
         Ok(())
     }
 
-    async fn handle(&self, msg: Message) {
+    async fn handle(&self, msg: Message, abandon: CancellationToken) {
         let (seq, attempt) = delivered(&msg);
         let item: WorkItem = match serde_json::from_slice(&msg.payload) {
             Ok(item) => item,
@@ -104,9 +120,19 @@ impl WorkConsumer {
             item = item.item, attempt);
         async {
             let ticker = in_progress(&self.client, &msg, WORK_PROGRESS_EVERY);
-            let kind = match self.work(&item, false).await {
-                Ok(()) => AckKind::Ack,
-                Err(e) => self.failed(&item, attempt, &e).await,
+            let worked = async {
+                match self.work(&item, false).await {
+                    Ok(()) => AckKind::Ack,
+                    Err(e) => self.failed(&item, attempt, &e).await,
+                }
+            };
+            let kind = tokio::select! {
+                kind = worked => kind,
+                // Dropping the work rolls its transaction back; the item is redelivered at once.
+                _ = abandon.cancelled() => {
+                    tracing::warn!("work item released unfinished at shutdown");
+                    AckKind::Nak(None)
+                }
             };
             drop(ticker);
             settle(&msg, kind).await;
