@@ -99,6 +99,14 @@ pub struct WorkerArgs {
     #[arg(long, env = "ROLLUP_BATCH_SIZE", default_value_t = crate::rollup::DEFAULT_BATCH_SIZE,
           value_parser = RangedI64ValueParser::<i64>::new().range(1..=100_000))]
     pub rollup_batch_size: i64,
+    /// How long a rollup request or work item that keeps failing (the database unreachable) is
+    /// retried: the sum of the delays between attempts (1 s, 2 s, 4 s ... up to a minute), e.g.
+    /// 50m, 10s (at most 24h). Then a request is rejected with its cause
+    /// (`billing.rollup.rejected`), and an item's tenants are worked one at a time, those still
+    /// failing reported in `tenants_failed`. The default leaves room for the attempts' own
+    /// time (a connection attempt may wait 10 s), so a request is answered within the hour.
+    #[arg(long, env = "ROLLUP_RETRY_WINDOW", default_value = "50m", value_parser = retry_window)]
+    pub rollup_retry_window: Duration,
     /// Rollup work items this replica works at once (1-64).
     #[arg(long, env = "ROLLUP_CONCURRENCY", default_value_t = DEFAULT_ROLLUP_CONCURRENCY,
           value_parser = RangedI64ValueParser::<usize>::new().range(1..=64))]
@@ -127,12 +135,22 @@ pub struct WorkerArgs {
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(50 * 60);
+
+fn retry_window(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 1h, 30m or 10s)"))?;
+    if d > Duration::from_secs(86_400) {
+        return Err("at most 24h: a rollup request should not wait longer to be answered".into());
+    }
+    Ok(d)
+}
 
 impl Default for WorkerArgs {
     fn default() -> Self {
         WorkerArgs {
             rollup_batch_size: crate::rollup::DEFAULT_BATCH_SIZE,
             rollup_concurrency: DEFAULT_ROLLUP_CONCURRENCY,
+            rollup_retry_window: DEFAULT_RETRY_WINDOW,
             service_concurrency: 8,
             streams: StreamArgs::default(),
             metrics_addr: None,
@@ -282,5 +300,13 @@ mod tests {
             Some("bell\u{7}")
         ))
         .contains("SELLER_ADDRESS"));
+    }
+
+    #[test]
+    fn the_retry_window_is_a_bounded_duration() {
+        assert_eq!(retry_window("50m"), Ok(DEFAULT_RETRY_WINDOW));
+        assert_eq!(retry_window("10s"), Ok(Duration::from_secs(10)));
+        assert!(retry_window("2d").is_err());
+        assert!(retry_window("soon").is_err());
     }
 }

@@ -9,8 +9,8 @@
 //! publishes what they committed, and only then does the process exit.
 
 use crate::bus::{
-    self, drafts::DraftLoop, relay::Relay, rollups::RollupConsumer, service::Service,
-    usage::UsageConsumer, work::WorkConsumer,
+    self, ack::RetryWindow, drafts::DraftLoop, relay::Relay, rollups::RollupConsumer,
+    service::Service, usage::UsageConsumer, work::WorkConsumer,
 };
 use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
 use crate::store;
@@ -70,6 +70,7 @@ pub async fn run(
         js: js.clone(),
         consumer: consumers.rollups,
         batch_size: args.rollup_batch_size,
+        retry: RetryWindow(args.rollup_retry_window),
         relay: notify.clone(),
         shutdown: stop.clone(),
     };
@@ -79,6 +80,7 @@ pub async fn run(
         client: client.clone(),
         consumer: consumers.work,
         concurrency: args.rollup_concurrency,
+        retry: RetryWindow(args.rollup_retry_window),
         worker_id: bus::work::worker_id(),
         grace: args.grace_period.clone(),
         relay: notify.clone(),
@@ -125,11 +127,16 @@ pub async fn run(
 
     let mut failure: Option<anyhow::Error> = None;
     tokio::select! {
-        // A part that ends because of the shutdown is not a failure: look at the signal first.
+        // A signal stops the parts, and a part that stops quickly (the service does) must not
+        // win the race against the signal and be taken for a failure.
         biased;
         _ = stop.cancelled() => tracing::info!("shutting down"),
         Some(joined) = parts.join_next() => {
-            failure = Some(stopped(joined));
+            failure = if stop.is_cancelled() {
+                joined_result(joined).err()
+            } else {
+                Some(stopped(joined))
+            };
             stop.cancel();
         }
         joined = &mut relay => {

@@ -9,6 +9,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{message::Message, AckKind};
 use std::time::{Duration, Instant};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// After this many deliveries an internal (non-transient) error is treated as permanent.
 const MAX_INTERNAL_ATTEMPTS: i64 = 5;
@@ -17,6 +18,23 @@ const MAX_INTERNAL_ATTEMPTS: i64 = 5;
 pub fn backoff(delivered: i64) -> Duration {
     let exp = delivered.clamp(1, 7) as u32 - 1;
     Duration::from_secs((1u64 << exp).min(60))
+}
+
+/// How long a message that keeps failing is retried before it is given up on (a rollup request
+/// is rejected with its cause; a work item's tenants are worked one by one, every failure final).
+/// The delays follow [`backoff`] for as long as they add up to no more than the window, so the
+/// default 50 minutes means 54 attempts, the last ones a minute apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryWindow(pub Duration);
+
+impl RetryWindow {
+    /// The delay before the next delivery after delivery `attempt` failed, or `None` when the
+    /// retries are used up.
+    pub fn next_delay(self, attempt: i64) -> Option<Duration> {
+        let attempt = attempt.max(1);
+        let spent: Duration = (1..=attempt).map(backoff).sum();
+        (spent <= self.0).then(|| backoff(attempt))
+    }
 }
 
 /// The one place an outcome becomes an ack kind.
@@ -90,6 +108,32 @@ impl Liveness {
     }
 }
 
+/// Tells the server every `every` that `msg` is still being worked, until the guard is
+/// dropped, so that only a dead (or wedged) replica's messages are redelivered after the
+/// consumer's `ack_wait`.
+pub fn in_progress(client: &async_nats::Client, msg: &Message, every: Duration) -> DropGuard {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let client = client.clone();
+    if let Some(reply) = msg.reply.clone() {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        let _ = client
+                            .publish(reply.clone(), bytes::Bytes::from(AckKind::Progress))
+                            .await;
+                    }
+                    _ = token.cancelled() => break,
+                }
+            }
+        });
+    }
+    stop.drop_guard()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +150,24 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(4));
         assert_eq!(backoff(50), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn retries_stop_when_their_delays_fill_the_window() {
+        let secs = Duration::from_secs;
+        let short = RetryWindow(secs(3));
+        assert_eq!(short.next_delay(1), Some(secs(1)));
+        assert_eq!(short.next_delay(2), Some(secs(2)));
+        assert_eq!(short.next_delay(3), None, "1 + 2 + 4 s is past 3 s");
+        assert_eq!(RetryWindow(Duration::ZERO).next_delay(1), None);
+        let default = RetryWindow(crate::config::DEFAULT_RETRY_WINDOW);
+        let attempts = (1..)
+            .take_while(|a| default.next_delay(*a).is_some())
+            .count() as i64;
+        let waited: Duration = (1..=attempts).filter_map(|a| default.next_delay(a)).sum();
+        assert_eq!(attempts, 54);
+        assert_eq!(waited, secs(2943));
+        // Even if every attempt waited 10 s for a connection, the answer comes within the hour.
+        assert!(waited + secs(10) * (attempts as u32 + 1) < secs(3600));
     }
 }

@@ -35,11 +35,15 @@ pub const WORK_SUBJECTS: &str = "billing.internal.>";
 /// One message per rollup work item: `{"request_id", "item"}`.
 pub const WORK_ITEM: &str = "billing.internal.rollup.work";
 pub const WORK_CONSUMER: &str = "invoicer-work";
-/// How long a work item may go without an ack or an in-progress signal before another replica
-/// gets it. Workers signal progress every [`WORK_PROGRESS_EVERY`], so only a dead (or wedged)
-/// replica's items move, within this bound.
+/// How long a work item or a rollup request may go without an ack or an in-progress signal
+/// before another replica gets it. Workers signal progress every [`WORK_PROGRESS_EVERY`], so only
+/// a dead (or wedged) replica's messages move, within this bound.
 pub const WORK_ACK_WAIT: Duration = Duration::from_secs(10);
 pub const WORK_PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// How long a stopping worker waits for the items in hand before it releases them: within
+/// the usual grace of process managers (Kubernetes sends SIGKILL 30 s after SIGTERM), with room
+/// left for the relay to publish what was committed.
+pub const WORK_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Connects with the configured credentials and inbox prefix.
 pub async fn connect(args: &NatsArgs, name: &str) -> anyhow::Result<async_nats::Client> {
@@ -183,18 +187,18 @@ pub async fn ensure_consumers(js: &jetstream::Context) -> anyhow::Result<Consume
     let rollups = js.get_stream(ROLLUPS_STREAM).await?;
     let usage = js.get_stream(USAGE_STREAM).await?;
     let work = js.get_stream(WORK_STREAM).await?;
+    // Created or updated: a request consumer made by an older version (ack_wait 30 s, with no
+    // in-progress signals) would leave a dead replica's request stuck past the 15 s takeover.
     let rollup_consumer = rollups
-        .get_or_create_consumer(
-            ROLLUPS_CONSUMER,
-            pull::Config {
-                durable_name: Some(ROLLUPS_CONSUMER.into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
-        .await?;
+        .create_consumer(pull::Config {
+            durable_name: Some(ROLLUPS_CONSUMER.into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: WORK_ACK_WAIT,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .context("ensuring the rollup-request consumer")?;
     let usage_consumer = usage
         .get_or_create_consumer(
             USAGE_CONSUMER,

@@ -4,9 +4,15 @@
 //! when its items are queued, not when they are worked. A redelivered request finds its run
 //! planned and republishes the items still pending; the queue's msg-id window drops repeats
 //! and a done item is a no-op.
+//!
+//! While a request is handled, its delivery is kept alive with in-progress signals, so a replica
+//! that dies while planning loses it to another within the consumer's 10 s `ack_wait`. A request
+//! that fails transiently (the database unreachable) is retried with growing delays within
+//! `ROLLUP_RETRY_WINDOW` and then rejected with its cause; the rejection is published straight
+//! to JetStream when the outbox cannot take it, so even a database outage ends in an answer.
 
-use super::ack::{ack_for, backoff, delivered, settle, Liveness};
-use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED, WORK_ITEM};
+use super::ack::{ack_for, backoff, delivered, in_progress, settle, Liveness, RetryWindow};
+use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED, WORK_ITEM, WORK_PROGRESS_EVERY};
 use crate::error::Error;
 use crate::store::{self, outbox::Event};
 use crate::wire::{self, RollupRequest, RollupRequestDto};
@@ -29,6 +35,8 @@ pub struct RollupConsumer {
     pub js: jetstream::Context,
     pub consumer: PullConsumer,
     pub batch_size: i64,
+    /// How long a request that keeps failing transiently is retried before it is rejected.
+    pub retry: RetryWindow,
     pub relay: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
@@ -96,11 +104,17 @@ impl RollupConsumer {
             request_id = tracing::field::Empty
         );
         async {
+            // Planning a large month takes a while; a live replica keeps its delivery, a dead
+            // one's goes to another replica after the consumer's ack_wait.
+            let _alive = in_progress(&self.client, &msg, WORK_PROGRESS_EVERY);
             let parsed =
                 wire::parse::<RollupRequestDto>(&msg.payload).and_then(RollupRequest::try_from);
             let req = match parsed {
                 Ok(req) => req,
-                Err(e) => return self.reject(&msg, seq, &e).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed rollup request");
+                    return self.reject(&msg, seq, &e.to_string()).await;
+                }
             };
             let key = req
                 .request_id
@@ -109,18 +123,40 @@ impl RollupConsumer {
             tracing::Span::current().record("request_id", key.as_str());
             match self.dispatch(&key, &req).await {
                 Ok(()) => settle(&msg, AckKind::Ack).await,
-                // Logged once, here or in `reject`, where its fate is decided.
-                Err(e) => match ack_for(Err(&e), attempt) {
-                    AckKind::Term => self.reject(&msg, seq, &e).await,
-                    kind => {
-                        tracing::error!(error = %e, ?kind, "planning the rollup failed; retrying");
-                        settle(&msg, kind).await;
-                    }
-                },
+                Err(e) => self.failed(&msg, seq, attempt, &e).await,
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// A request that could not be planned or queued: retried while that may still help (a
+    /// transient failure, within the retry window), otherwise rejected with its cause.
+    async fn failed(&self, msg: &Message, seq: u64, attempt: i64, e: &Error) {
+        let kind = ack_for(Err(e), attempt);
+        let retry = match kind {
+            AckKind::Nak(_) if e.is_transient() => self.retry.next_delay(attempt),
+            AckKind::Nak(delay) => delay,
+            _ => None,
+        };
+        match retry {
+            Some(delay) => {
+                tracing::warn!(error = %e, ?delay, "planning the rollup failed; retrying");
+                settle(msg, AckKind::Nak(Some(delay))).await
+            }
+            None if matches!(kind, AckKind::Term) => {
+                tracing::error!(error = %e, "planning the rollup failed for good");
+                self.reject(msg, seq, &e.to_string()).await
+            }
+            None => {
+                let reason = format!(
+                    "still failing after {attempt} attempts over the retry window of {}: {e}",
+                    humantime::format_duration(self.retry.0)
+                );
+                tracing::error!(error = %e, attempt, "planning the rollup keeps failing; rejecting it");
+                self.reject(msg, seq, &reason).await
+            }
+        }
     }
 
     /// Plans the run (first delivery) and queues its pending items.
@@ -159,32 +195,52 @@ impl RollupConsumer {
         Ok(())
     }
 
-    /// Answers a request that can never succeed with `billing.rollup.rejected`, then terminates it.
-    async fn reject(&self, msg: &Message, seq: u64, error: &Error) {
-        tracing::warn!(error = %error, "rollup request rejected");
+    /// Answers a request that will not be worked with `billing.rollup.rejected`, then terminates
+    /// it. The event goes through the outbox like every other; when the database is what
+    /// failed, it is published directly, with the same msg id, so it is never lost with it.
+    async fn reject(&self, msg: &Message, seq: u64, reason: &str) {
         crate::metrics::rollup("rejected");
-        let request = echo(&msg.payload);
         let event = Event::new(
             ROLLUP_REJECTED,
             format!("rollup-rejected:{seq}"),
-            &json!({"reason": error.to_string(), "request": request}),
+            &json!({"reason": reason, "request": echo(&msg.payload)}),
         );
         let stored = async {
             let mut conn = self.pool.acquire().await?;
-            store::outbox::insert(&mut conn, &[event]).await
+            store::outbox::insert(&mut conn, std::slice::from_ref(&event)).await
         }
         .await;
-        match stored {
+        let announced = match stored {
             Ok(()) => {
                 self.relay.notify_one();
-                settle(msg, AckKind::Term).await
+                Ok(())
             }
+            Err(db) => {
+                tracing::warn!(error = %db, "could not store the rejection; publishing it directly");
+                self.publish(&event).await
+            }
+        };
+        match announced {
+            Ok(()) => settle(msg, AckKind::Term).await,
             Err(e) => {
                 let (_, attempt) = delivered(msg);
-                tracing::warn!(error = %e, "could not record the rejection; retrying");
+                tracing::warn!(error = %e, "could not announce the rejection; retrying");
                 settle(msg, AckKind::Nak(Some(backoff(attempt)))).await
             }
         }
+    }
+
+    async fn publish(&self, event: &Event) -> Result<(), Error> {
+        let msg = jetstream::message::PublishMessage::build()
+            .payload(event.payload.clone().into())
+            .message_id(&event.msg_id);
+        self.js
+            .send_publish(event.subject.clone(), msg)
+            .await
+            .map_err(|e| Error::transient(format!("publishing {}: {e}", event.subject)))?
+            .await
+            .map_err(|e| Error::transient(format!("{} not stored: {e}", event.subject)))?;
+        Ok(())
     }
 }
 

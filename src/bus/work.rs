@@ -6,10 +6,17 @@
 //! After an item, the run's completion is checked (the last item writes
 //! `billing.rollup.completed`) and `billing.rollup.progress` is published; then the item is
 //! acked. A crash anywhere before the ack redelivers the item, which finds itself done.
+//!
+//! On shutdown, items in hand get [`WORK_DRAIN_GRACE`] to finish; any still running are then
+//! released (rolled back and nak'd for another replica), so a wedged item cannot hold up a stop.
+//!
+//! An item is never terminated. One that keeps failing is retried within `ROLLUP_RETRY_WINDOW`,
+//! then worked one tenant per transaction with every failure final, so the run completes and
+//! reports those tenants in `tenants_failed` with the cause.
 
-use super::ack::{ack_for, delivered, settle, Liveness};
+use super::ack::{backoff, delivered, in_progress, settle, Liveness, RetryWindow};
 use super::rollups::WorkItem;
-use super::{ROLLUP_PROGRESS, WORK_PROGRESS_EVERY};
+use super::{ROLLUP_PROGRESS, WORK_DRAIN_GRACE, WORK_PROGRESS_EVERY};
 use crate::error::Error;
 use crate::rollup::{self, ItemOutcome};
 use async_nats::jetstream::{consumer::PullConsumer, message::Message, AckKind};
@@ -29,6 +36,9 @@ pub struct WorkConsumer {
     pub consumer: PullConsumer,
     /// Items worked at once by this replica.
     pub concurrency: usize,
+    /// How long an item that keeps failing is retried as it is, before its tenants are worked
+    /// one at a time with every failure final.
+    pub retry: RetryWindow,
     /// Who did an item (`rollup_items.processed_by`): host and process id.
     pub worker_id: String,
     /// The platform's grace window for the drafts a rollup writes.
@@ -41,6 +51,7 @@ impl WorkConsumer {
     pub async fn run(self) -> anyhow::Result<()> {
         let slots = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut tasks = JoinSet::new();
+        let abandon = CancellationToken::new();
         let mut liveness = Liveness::default();
         let result = loop {
             let slot = tokio::select! {
@@ -75,8 +86,9 @@ impl WorkConsumer {
             match messages.next().await {
                 Some(Ok(msg)) => {
                     let this = self.clone();
+                    let abandon = abandon.clone();
                     tasks.spawn(async move {
-                        this.handle(msg).await;
+                        this.handle(msg, abandon).await;
                         drop(slot);
                     });
                 }
@@ -88,13 +100,24 @@ impl WorkConsumer {
                 }
             }
         };
-        // Items in hand finish (each is one bounded transaction) and are acked.
-        while tasks.join_next().await.is_some() {}
+        // Items in hand get a grace period to finish and be acked. An item is one transaction,
+        // but a slow statement or a lock wait can hold it for any time: what is still running
+        // after the grace is released (rolled back and nak'd, so another replica takes it now).
+        let drained = tokio::time::timeout(WORK_DRAIN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(items = tasks.len(), grace = ?WORK_DRAIN_GRACE,
+                "items still running at shutdown; releasing them");
+            abandon.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
         tracing::info!("work consumer stopped");
         result
     }
 
-    async fn handle(&self, msg: Message) {
+    async fn handle(&self, msg: Message, abandon: CancellationToken) {
         let (seq, attempt) = delivered(&msg);
         let item: WorkItem = match serde_json::from_slice(&msg.payload) {
             Ok(item) => item,
@@ -106,33 +129,62 @@ impl WorkConsumer {
         let span = tracing::info_span!("work_item", request_id = %item.request_id,
             item = item.item, attempt);
         async {
-            let ticker = self.in_progress(&msg);
-            let result = self.work(&item).await;
-            ticker.cancel();
-            match result {
-                Ok(()) => settle(&msg, AckKind::Ack).await,
-                Err(e) => {
-                    // An item is never terminated: its tenants would be left unbilled.
-                    let kind = match ack_for(Err(&e), attempt) {
-                        AckKind::Term => AckKind::Nak(Some(super::ack::backoff(attempt))),
-                        other => other,
-                    };
-                    tracing::error!(error = %e, ?kind, "work item failed");
-                    settle(&msg, kind).await;
+            let ticker = in_progress(&self.client, &msg, WORK_PROGRESS_EVERY);
+            let worked = async {
+                match self.work(&item, false).await {
+                    Ok(()) => AckKind::Ack,
+                    Err(e) => self.failed(&item, attempt, &e).await,
                 }
-            }
+            };
+            let kind = tokio::select! {
+                kind = worked => kind,
+                // Dropping the work rolls its transaction back; the item is redelivered at once.
+                _ = abandon.cancelled() => {
+                    tracing::warn!("work item released unfinished at shutdown");
+                    AckKind::Nak(None)
+                }
+            };
+            drop(ticker);
+            settle(&msg, kind).await;
         }
         .instrument(span)
         .await
     }
 
-    async fn work(&self, item: &WorkItem) -> Result<(), Error> {
+    /// An item that failed. It is never terminated (its tenants would be left unbilled, and the
+    /// run never complete): it is retried within the retry window, then worked one tenant at a
+    /// time with every failure final, so the run completes with the cause reported. Only an
+    /// item whose outcome cannot even be recorded (the database unreachable) stays queued.
+    async fn failed(&self, item: &WorkItem, attempt: i64, e: &Error) -> AckKind {
+        // Whatever its class, a failure is retried (not terminated as bus::ack would have a
+        // malformed message be): an item is ours, so its failure is in its tenants or in us.
+        if let Some(delay) = self.retry.next_delay(attempt) {
+            tracing::error!(error = %e, ?delay, "work item failed; retrying");
+            return AckKind::Nak(Some(delay));
+        }
+        match self.work(item, true).await {
+            Ok(()) => {
+                tracing::error!(error = %e, attempt,
+                    "work item kept failing; its tenants were worked one at a time");
+                AckKind::Ack
+            }
+            Err(last) => {
+                let delay = backoff(attempt);
+                tracing::error!(error = %last, ?delay,
+                    "work item cannot be recorded after its retries; it stays queued");
+                AckKind::Nak(Some(delay))
+            }
+        }
+    }
+
+    async fn work(&self, item: &WorkItem, last_resort: bool) -> Result<(), Error> {
         let outcome = rollup::work_item(
             &self.pool,
             &item.request_id,
             item.item,
             &self.worker_id,
             &self.grace,
+            last_resort,
         )
         .await?;
         let (progress, completed) = rollup::try_complete(&self.pool, &item.request_id).await?;
@@ -146,30 +198,6 @@ impl WorkConsumer {
             }
         }
         Ok(())
-    }
-
-    /// Tells the server the item is still being worked, so it is not redelivered elsewhere.
-    fn in_progress(&self, msg: &Message) -> CancellationToken {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let client = self.client.clone();
-        let reply = msg.reply.clone();
-        tokio::spawn(async move {
-            let Some(reply) = reply else { return };
-            let mut every = tokio::time::interval(WORK_PROGRESS_EVERY);
-            every.tick().await;
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {
-                        let _ = client
-                            .publish(reply.clone(), bytes::Bytes::from(AckKind::Progress))
-                            .await;
-                    }
-                    _ = token.cancelled() => break,
-                }
-            }
-        });
-        stop
     }
 }
 

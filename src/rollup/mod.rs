@@ -137,8 +137,10 @@ pub enum ItemOutcome {
 }
 
 /// Works one item: all its tenants in one transaction, or, if that fails for a non-transient
-/// reason, one tenant per transaction from where it left off. `grace` is the platform's default
-/// window (`GRACE_PERIOD`).
+/// reason, one tenant per transaction from where it left off. As a `last_resort` (after the
+/// item's retries), straight to one tenant per transaction, with a transient failure of a
+/// tenant reported as that tenant's failure instead of failing the item again. `grace` is the
+/// platform's default window (`GRACE_PERIOD`).
 #[tracing::instrument(skip_all, fields(request_id = key, item))]
 pub async fn work_item(
     pool: &PgPool,
@@ -146,6 +148,7 @@ pub async fn work_item(
     item: i32,
     worker: &str,
     grace: &GracePeriod,
+    last_resort: bool,
 ) -> Result<ItemOutcome> {
     let grace = window::Grace::rollup(grace.clone());
     let run = {
@@ -161,7 +164,7 @@ pub async fn work_item(
     if found.done {
         return Ok(ItemOutcome::AlreadyDone);
     }
-    if found.cursor.is_none() {
+    if found.cursor.is_none() && !last_resort {
         let now = Utc::now().trunc_subsecs(0);
         match batch::run(&mut tx, key, &run.request, &found.tenant_ids, now, &grace).await {
             Ok(counts) => {
@@ -179,18 +182,20 @@ pub async fn work_item(
     } else {
         drop(tx);
     }
-    one_by_one(pool, &run, item, worker, &grace).await
+    one_by_one(pool, &run, item, worker, &grace, last_resort).await
 }
 
 /// The fallback for a failing batch: each tenant in its own transaction, progress recorded in
 /// the item with each one, so a crash resumes after the last tenant done and a tenant that
-/// still fails is reported once.
+/// still fails is reported once. Errors outside a tenant's own writes (the item's lock and
+/// bookkeeping) are the item's, and are raised even as a last resort.
 async fn one_by_one(
     pool: &PgPool,
     run: &Run,
     item: i32,
     worker: &str,
     grace: &window::Grace,
+    last_resort: bool,
 ) -> Result<ItemOutcome> {
     let key = run.key.as_str();
     loop {
@@ -228,7 +233,7 @@ async fn one_by_one(
                 attempt.commit().await?;
                 counts
             }
-            Err(e) if e.is_transient() => return Err(e),
+            Err(e) if e.is_transient() && !last_resort => return Err(e),
             Err(e) => {
                 attempt.rollback().await?;
                 tracing::warn!(tenant = %tenant, error = %e, "tenant failed");

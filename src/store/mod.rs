@@ -27,9 +27,24 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| Box::pin(async move { watch_for_hangups(conn).await }))
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// Asks the server (PostgreSQL 14 and later) to check every few seconds, while it runs a
+/// statement, that this client is still there. A worker that dies or releases an item at
+/// shutdown in the middle of a long statement (a lock wait) would otherwise leave its session
+/// running that statement, holding the item's locks, until the statement ends by itself.
+async fn watch_for_hangups(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT set_config('client_connection_check_interval', '2s', false)
+         WHERE current_setting('server_version_num')::int >= 140000",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {

@@ -3,6 +3,7 @@
 //! machine's shared servers are never stopped or reconfigured. A missing service fails loudly.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod operator;
 pub mod users;
 
