@@ -164,6 +164,21 @@ pub async fn work_item(
     if found.done {
         return Ok(ItemOutcome::AlreadyDone);
     }
+    if item == q::UNBILLED_ITEM {
+        let unbilled = q::unbilled_deployments(&mut tx, run.request.period).await?;
+        q::record_unbilled(&mut tx, key, unbilled).await?;
+        q::record_item(
+            &mut tx,
+            key,
+            item,
+            &BatchCounts::default(),
+            None,
+            Some(worker),
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(ItemOutcome::Done);
+    }
     if found.cursor.is_none() && !last_resort {
         let now = Utc::now().trunc_subsecs(0);
         match batch::run(&mut tx, key, &run.request, &found.tenant_ids, now, &grace).await {
@@ -266,7 +281,11 @@ pub async fn try_complete(pool: &PgPool, key: &str) -> Result<(Progress, Option<
     if run.completed || totals.items_remaining > 0 {
         return Ok((progress, None));
     }
-    let unbilled = q::unbilled_deployments(&mut tx, run.request.period).await?;
+    // Counted by its own item; a run planned before that item existed counts here.
+    let unbilled = match run.unbilled_deployments {
+        Some(n) => n,
+        None => q::unbilled_deployments(&mut tx, run.request.period).await?,
+    };
     let event = completed_event(&run, totals.counts, unbilled, Utc::now());
     outbox::insert(
         &mut tx,

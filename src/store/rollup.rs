@@ -4,7 +4,9 @@
 //! one filters on `tenant_id = ANY($tenants)` over an index (plans checked with
 //! `EXPLAIN (ANALYZE, BUFFERS)` on 100,000 tenants, noted at each query). The only scans of a
 //! whole table happen once per rollup: listing its tenants when the request is first seen, and
-//! counting unbilled deployments when it completes.
+//! counting unbilled deployments (one pass over the period's usage: about 8 s at 100,000
+//! tenants and 18 million records), which is a work item of its own, [`UNBILLED_ITEM`], so it
+//! runs beside the tenants' items instead of after them.
 
 use crate::catalog::{Subscription, TenantId};
 use crate::error::{Error, Result};
@@ -16,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
+
+/// The work item that counts the period's unbilled deployments; published first.
+pub const UNBILLED_ITEM: i32 = -1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantFailure {
@@ -35,6 +40,8 @@ pub struct Run {
     pub items_total: i64,
     /// Requested tenants that have no subscription in the period.
     pub failed: Vec<TenantFailure>,
+    /// Set by the [`UNBILLED_ITEM`] once done.
+    pub unbilled_deployments: Option<i64>,
 }
 
 fn run_from_row(row: &sqlx::postgres::PgRow) -> Result<Run> {
@@ -60,6 +67,7 @@ fn run_from_row(row: &sqlx::postgres::PgRow) -> Result<Run> {
         tenants_total: i64::from(row.try_get::<i32, _>("tenants_total")?),
         items_total: i64::from(row.try_get::<i32, _>("items_total")?),
         failed: failed.0,
+        unbilled_deployments: row.try_get("unbilled_deployments")?,
     })
 }
 
@@ -114,6 +122,14 @@ pub async fn plan(
         .bind(req.period.end_at())
         .bind(req.period.start_at())
         .bind(&tenants)
+        .execute(&mut *db)
+        .await?;
+        sqlx::query(
+            "INSERT INTO rollup_items (request_id, item_no, tenant_ids, tenant_count)
+             VALUES ($1, $2, '{}', 0)",
+        )
+        .bind(key)
+        .bind(UNBILLED_ITEM)
         .execute(&mut *db)
         .await?;
         let missing: Vec<TenantFailure> = requested_without_subscription(db, req)
@@ -272,6 +288,16 @@ pub async fn totals(db: &mut PgConnection, key: &str) -> Result<Totals> {
             failed: failed.0,
         },
     })
+}
+
+/// Records the run's unbilled deployments (the [`UNBILLED_ITEM`]'s work).
+pub async fn record_unbilled(db: &mut PgConnection, key: &str, unbilled: i64) -> Result<()> {
+    sqlx::query("UPDATE rollup_runs SET unbilled_deployments = $2 WHERE request_id = $1")
+        .bind(key)
+        .bind(unbilled)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 pub async fn mark_completed(db: &mut PgConnection, key: &str, unbilled: i64) -> Result<()> {

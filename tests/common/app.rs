@@ -1037,7 +1037,7 @@ impl ItemClock {
             "SELECT i.item_no, i.worker, extract(epoch FROM i.started)::float8,
                     extract(epoch FROM c.taken)::float8, extract(epoch FROM i.done)::float8
              FROM test_item_log i LEFT JOIN test_counter_log c USING (txid)
-             WHERE i.request_id = $1 ORDER BY i.done",
+             WHERE i.request_id = $1 AND i.item_no >= 0 ORDER BY i.done",
         )
         .bind(request_id)
         .fetch_all(&app.db.pool)
