@@ -18,22 +18,7 @@ async fn sigkill_mid_rollup_loses_nothing_and_bills_nobody_twice() {
     let first = app.spawn_worker().await;
     let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    // Bulk-load the tenants straight into the database: setup, not the subject under test.
-    sqlx::query(
-        "INSERT INTO tenants (tenant_id) SELECT 't' || lpad(g::text, 5, '0') FROM generate_series(1, $1) g;
-         ",
-    )
-    .bind(TENANTS)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01' FROM tenants",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    app.bulk_tenants("t", TENANTS, None).await;
 
     invoicer::client::request_rollup(
         &js,

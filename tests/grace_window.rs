@@ -35,33 +35,6 @@ fn grace(s: &str) -> WorkerArgs {
     }
 }
 
-async fn subscribe(client: &async_nats::Client, tenant: &str, deployment: Uuid) {
-    admin(
-        client,
-        "billing.admin.subscriptions.put",
-        json!({"id": Uuid::new_v4(), "tenant_id": tenant, "deployment_id": deployment, "plan": "studio",
-               "addons": ["storage_50gb"], "started_at": "2026-01-01T00:00:00Z"}),
-    )
-    .await;
-}
-
-async fn live_invoice(client: &async_nats::Client, tenant: &str) -> Value {
-    let list = admin(
-        client,
-        "billing.admin.invoices.list",
-        json!({"tenant_id": tenant}),
-    )
-    .await;
-    let live = list["invoices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["status"] != "void")
-        .unwrap_or_else(|| panic!("{tenant} has no live invoice"))
-        .clone();
-    get(client, &live["id"]).await
-}
-
 async fn get(client: &async_nats::Client, id: &Value) -> Value {
     admin(client, "billing.admin.invoices.get", json!({ "id": id })).await
 }
@@ -460,30 +433,6 @@ async fn an_open_draft_voided_by_an_admin_is_announced_and_never_issued() {
     assert_eq!(get(&client, &draft["id"]).await["status"], "void");
 }
 
-/// Loads `n` tenants with one Studio subscription each straight into the database: setup, not
-/// the subject under test. Returns nothing; tenants are `t00001`...
-async fn bulk_tenants(db: &TestDb, prefix: &str, n: i64, grace_period: Option<&str>) {
-    sqlx::query(
-        "INSERT INTO tenants (tenant_id, grace_period)
-         SELECT $1 || lpad(g::text, 5, '0'), $3 FROM generate_series(1, $2) g",
-    )
-    .bind(prefix)
-    .bind(n)
-    .bind(grace_period)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01'
-         FROM tenants WHERE tenant_id LIKE $1 || '%'",
-    )
-    .bind(prefix)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-}
-
 /// Every invoice issued exactly once: one live invoice per tenant, numbers 1..=n without gaps,
 /// one `billing.invoice.issued` per invoice in the stream.
 async fn issued_exactly_once(db: &TestDb, js: &async_nats::jetstream::Context, n: i64) {
@@ -522,9 +471,9 @@ async fn two_workers_finalize_many_drafts_due_together_each_once_numbers_gapless
     app.run_worker(args).await;
     let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    bulk_tenants(&db, "w", WINDOWED, None).await;
+    app.bulk_tenants("w", WINDOWED, None).await;
     // Tenants issued at once take numbers in the same stretch as the finalizers.
-    bulk_tenants(&db, "p", PLAIN, Some("PT0S")).await;
+    app.bulk_tenants("p", PLAIN, Some("PT0S")).await;
 
     let done = rollup(&js, json!({"period_start": APRIL})).await;
     assert_eq!(
@@ -562,7 +511,7 @@ async fn sigkill_while_drafts_finalize_then_each_is_issued_exactly_once() {
     let first = app.spawn_worker().await;
     let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    bulk_tenants(&db, "t", TENANTS, None).await;
+    app.bulk_tenants("t", TENANTS, None).await;
     invoicer::client::request_rollup(
         &js,
         &json!({"period_start": APRIL, "request_id": "grace-crash"}),

@@ -246,22 +246,10 @@ async fn health_exits_0_for_a_ready_worker_and_1_when_it_is_stopped() {
 async fn invoices_list_pages_through_everything_and_quote_shows_only_what_it_has() {
     let mut app = TestApp::start().await;
     spawn_metered_worker(&mut app).await;
-    let (db, nats, client) = (app.db.clone(), app.nodes[0].url.clone(), app.client.clone());
+    let (nats, client) = (app.nodes[0].url.clone(), app.client.clone());
     load_seed_catalog(&client).await;
     // 620 tenants straight into the database: setup, not the subject under test.
-    sqlx::query(
-        "INSERT INTO tenants (tenant_id) SELECT 't' || lpad(g::text, 4, '0') FROM generate_series(1, 620) g",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01' FROM tenants",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    app.bulk_tenants("t", 620, None).await;
     let rollup = cli(&nats, None, &["rollup", "--period", "2026-04", "--wait"]).await;
     assert_eq!(rollup.code, 0, "{}{}", rollup.stdout, rollup.stderr);
     assert_eq!(row(&rollup.stdout, "Invoices issued"), "620");

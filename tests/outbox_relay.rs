@@ -143,14 +143,7 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
     app.spawn_worker().await;
     let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    sqlx::raw_sql(&format!(
-        "INSERT INTO tenants (tenant_id) SELECT 't' || lpad(g::text, 5, '0') FROM generate_series(1, {TENANTS}) g;
-         INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01' FROM tenants;"
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    app.bulk_tenants("t", TENANTS, None).await;
 
     // The first item will wait on its first tenant's lock, held here, until NATS is down.
     let mut blocker = db.pool.begin().await.unwrap();

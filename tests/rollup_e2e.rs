@@ -14,40 +14,6 @@ fn record(deployment: Uuid, kind: &str, qty: &str, at: &str) -> Value {
            "quantity": qty, "occurred_at": at})
 }
 
-async fn subscribe(client: &async_nats::Client, tenant: &str, deployment: Uuid) {
-    admin(
-        client,
-        "billing.admin.subscriptions.put",
-        json!({"id": Uuid::new_v4(), "tenant_id": tenant, "deployment_id": deployment, "plan": "studio",
-               "addons": ["storage_50gb"], "started_at": "2026-01-01T00:00:00Z"}),
-    )
-    .await;
-}
-
-async fn invoices_of(client: &async_nats::Client, tenant: &str) -> Vec<Value> {
-    let list = admin(
-        client,
-        "billing.admin.invoices.list",
-        json!({"tenant_id": tenant}),
-    )
-    .await;
-    list["invoices"].as_array().unwrap().clone()
-}
-
-async fn live_invoice(client: &async_nats::Client, tenant: &str) -> Value {
-    let live = invoices_of(client, tenant)
-        .await
-        .into_iter()
-        .find(|i| i["status"] != "void")
-        .unwrap_or_else(|| panic!("{tenant} has no live invoice"));
-    admin(
-        client,
-        "billing.admin.invoices.get",
-        json!({"id": live["id"]}),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn seed_scenario_to_the_cent_and_rerun_skips() {
     let app = TestApp::with_worker().await;

@@ -662,6 +662,31 @@ impl TestApp {
         }
     }
 
+    /// Loads `n` tenants (`<prefix>00001` ...) with one Studio subscription each (no add-on, no
+    /// usage) straight into the database: set-up, not the subject under test. `grace_period`
+    /// is each tenant's own window (none: the platform's).
+    pub async fn bulk_tenants(&self, prefix: &str, n: i64, grace_period: Option<&str>) {
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, grace_period)
+             SELECT $1 || lpad(g::text, 5, '0'), $3 FROM generate_series(1, $2) g",
+        )
+        .bind(prefix)
+        .bind(n)
+        .bind(grace_period)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
+             SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01'
+             FROM tenants WHERE tenant_id LIKE $1 || '%'",
+        )
+        .bind(prefix)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+    }
+
     /// Publishes a rollup request (April 2026 unless the body says otherwise) and returns its
     /// `request_id` (a fresh one unless the body has one), also used as its `Nats-Msg-Id`.
     pub async fn request(&self, mut body: Value) -> String {

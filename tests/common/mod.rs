@@ -125,6 +125,45 @@ pub async fn load_seed_catalog(client: &async_nats::Client) {
     admin(client, "billing.admin.addons.put", addon).await;
 }
 
+/// Subscribes `deployment` of `tenant` (created if new) to Studio with storage_50gb from
+/// 2026-01-01.
+pub async fn subscribe(client: &async_nats::Client, tenant: &str, deployment: uuid::Uuid) {
+    admin(
+        client,
+        "billing.admin.subscriptions.put",
+        serde_json::json!({"id": uuid::Uuid::new_v4(), "tenant_id": tenant,
+            "deployment_id": deployment, "plan": "studio", "addons": ["storage_50gb"],
+            "started_at": "2026-01-01T00:00:00Z"}),
+    )
+    .await;
+}
+
+/// Every invoice of a tenant, newest first (the admin list: no lines).
+pub async fn invoices_of(client: &async_nats::Client, tenant: &str) -> Vec<Value> {
+    let list = admin(
+        client,
+        "billing.admin.invoices.list",
+        serde_json::json!({ "tenant_id": tenant }),
+    )
+    .await;
+    list["invoices"].as_array().unwrap().clone()
+}
+
+/// The tenant's live (not void) invoice, with its lines.
+pub async fn live_invoice(client: &async_nats::Client, tenant: &str) -> Value {
+    let live = invoices_of(client, tenant)
+        .await
+        .into_iter()
+        .find(|i| i["status"] != "void")
+        .unwrap_or_else(|| panic!("{tenant} has no live invoice"));
+    admin(
+        client,
+        "billing.admin.invoices.get",
+        serde_json::json!({ "id": live["id"] }),
+    )
+    .await
+}
+
 /// Publishes usage records in one message and waits until all are stored.
 pub async fn publish_usage(
     js: &async_nats::jetstream::Context,
