@@ -6,15 +6,12 @@
 
 mod common;
 
-use async_nats::jetstream;
 use common::{
-    load_seed_catalog, publish_usage, rollup, stream_messages, wait_until, NatsServer, TestDb,
-    Worker,
+    load_seed_catalog, publish_usage, rollup, seller_worker, stream_messages, wait_until, TestApp,
 };
 use futures::future::join_all;
 use invoicer::api::Endpoint;
 use invoicer::client::{call_raw, ServiceError};
-use invoicer::config::WorkerArgs;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
@@ -26,61 +23,25 @@ use uuid::Uuid;
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// One private database, nats-server and in-process worker, plus a client. Fields drop in
-/// order: the worker is told to stop before its server and database go away.
-struct Env {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    _worker: Worker,
-    _nats: NatsServer,
-    db: TestDb,
+/// The requests these tests make again and again, on an app whose worker has a seller (so the
+/// render endpoints answer with documents): `TestApp::with_worker_args(seller_worker())`.
+trait Api {
+    async fn fails(&self, subject: &str, body: Value, code: &str) -> ServiceError;
+    async fn tenant(&self, tenant: &str);
+    async fn subscribe(
+        &self,
+        tenant: &str,
+        deployment: Uuid,
+        started_at: &str,
+        storage: bool,
+    ) -> Uuid;
+    async fn list_all(&self, subject: &str, filter: Value, limit: i64) -> (Vec<Value>, Vec<usize>);
+    async fn invoice_of(&self, tenant: &str, period_start: &str) -> Value;
+    async fn outbox_msg_ids(&self, invoice: &str) -> Vec<String>;
+    async fn event_for(&self, subject: &str, id: &str) -> Value;
 }
 
-impl Env {
-    async fn start() -> Env {
-        let db = TestDb::new().await;
-        let nats = NatsServer::start();
-        // With a seller, so the render endpoints answer with documents.
-        let args = WorkerArgs {
-            seller: common::seller_args(),
-            ..WorkerArgs::default()
-        };
-        let worker = Worker::start_with(db.args(), nats.args(), args).await;
-        let client = nats.client().await;
-        let js = jetstream::new(client.clone());
-        Env {
-            client,
-            js,
-            _worker: worker,
-            _nats: nats,
-            db,
-        }
-    }
-
-    /// Sends raw bytes and returns the reply: the value or the typed service error. Panics on a
-    /// transport failure or a missing/non-JSON reply.
-    async fn send(
-        &self,
-        subject: &str,
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<Value, ServiceError> {
-        call_raw(&self.client, subject, payload.into())
-            .await
-            .unwrap_or_else(|e| panic!("{subject}: no well-formed reply: {e:#}"))
-    }
-
-    async fn call(&self, subject: &str, body: &Value) -> Result<Value, ServiceError> {
-        self.send(subject, body.to_string()).await
-    }
-
-    /// A request that must succeed.
-    async fn ok(&self, subject: &str, body: Value) -> Value {
-        match self.call(subject, &body).await {
-            Ok(v) => v,
-            Err(e) => panic!("{subject} {body}: expected success, got {e:?}"),
-        }
-    }
-
+impl Api for TestApp {
     /// A request that must fail with `code` (and its status header).
     async fn fails(&self, subject: &str, body: Value, code: &str) -> ServiceError {
         let r = self.call(subject, &body).await;
@@ -168,7 +129,7 @@ impl Env {
 }
 
 async fn list_pages(
-    env: &Env,
+    env: &TestApp,
     subject: &str,
     filter: Value,
     limit: i64,
@@ -806,7 +767,7 @@ fn bad_cases(ep: Endpoint) -> Vec<(String, Value, &'static str)> {
 
 /// A valid request with unknown fields (top-level and nested) that must succeed, and a check
 /// of its reply. Runs in `Endpoint::ALL` order, so the transitions see draft → issued → paid.
-async fn accepts_unknown_fields(env: &Env, ep: Endpoint, fx: &Fixture) {
+async fn accepts_unknown_fields(env: &TestApp, ep: Endpoint, fx: &Fixture) {
     let subject = tenant_subject(ep, "acme");
     let extra = |mut v: Value| {
         v["x_unknown_field"] = json!({"nested": [1, 2.5, "three"]});
@@ -981,7 +942,7 @@ async fn accepts_unknown_fields(env: &Env, ep: Endpoint, fx: &Fixture) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_answers_bad_input_with_a_typed_error() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
 
     // The service is discoverable and serves exactly the endpoints this test covers.
     let info = env.ok("$SRV.INFO.invoicer", json!({})).await;
@@ -1333,7 +1294,7 @@ fn check_success(ep: Endpoint, tenant: &str, v: &Value) -> Result<(), String> {
 type Outcomes = std::sync::Mutex<BTreeMap<(&'static str, String), usize>>;
 
 async fn check_fuzz_case(
-    env: &Env,
+    env: &TestApp,
     invoice: &str,
     f: &Fuzz,
     tenant: &str,
@@ -1399,7 +1360,7 @@ fn random_payloads_at_every_endpoint_get_well_formed_replies() {
         .enable_all()
         .build()
         .unwrap();
-    let env = rt.block_on(Env::start());
+    let env = rt.block_on(TestApp::with_worker_args(seller_worker()));
     let invoice = rt.block_on(async {
         load_seed_catalog(&env.client).await;
         env.tenant("acme").await;
@@ -1466,7 +1427,7 @@ fn random_payloads_at_every_endpoint_get_well_formed_replies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_sees_only_its_own_invoices() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     for t in ["acme", "globex"] {
         env.tenant(t).await;
@@ -1586,7 +1547,7 @@ async fn a_tenant_sees_only_its_own_invoices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_page_through_every_invoice_exactly_once_newest_period_first() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     let tenants: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
     for t in &tenants {
@@ -1775,7 +1736,7 @@ async fn lists_page_through_every_invoice_exactly_once_newest_period_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_transitions_follow_the_status_machine_and_announce_themselves() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     for t in ["acme", "globex", "initech"] {
         env.tenant(t).await;
@@ -2004,7 +1965,7 @@ async fn admin_transitions_follow_the_status_machine_and_announce_themselves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preview_and_quote_price_exactly_what_the_rollup_invoices() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     // acme: the seed scenario, a full April with 2160 droplet-hours.
     // globex: from midday on April 16th (15 of 30 days), 1000 droplet-hours.
@@ -2129,7 +2090,7 @@ async fn preview_and_quote_price_exactly_what_the_rollup_invoices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revenue_summary_adds_up_to_the_invoices() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     let (d1, d2, d3, d4, d5) = (
         Uuid::new_v4(),
@@ -2298,7 +2259,7 @@ async fn revenue_summary_adds_up_to_the_invoices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_requests_at_once_all_get_their_replies() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     env.tenant("acme").await;
     env.subscribe("acme", Uuid::new_v4(), "2026-03-15T00:00:00Z", true)
@@ -2400,7 +2361,7 @@ async fn fifty_requests_at_once_all_get_their_replies() {
 /// as `bad_request`; today it reaches the database and comes back as `internal` (500).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unstorable_catalog_input_is_a_bad_request() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     let (plan, addon) = invoicer::demo::seed_catalog();
     let sub = json!({"id": Uuid::new_v4(), "tenant_id": "acme", "deployment_id": Uuid::new_v4(),

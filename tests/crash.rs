@@ -7,53 +7,18 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 
 const TENANTS: i64 = 1500;
 
-fn worker_process(db: &TestDb, nats: &NatsServer) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_invoicer"))
-        .arg("run")
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", &nats.url)
-        // Small batches so the kill lands between commits.
-        .env("ROLLUP_BATCH_SIZE", "10")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the invoicer binary runs")
-}
-
 #[tokio::test]
 async fn sigkill_mid_rollup_loses_nothing_and_bills_nobody_twice() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
-
-    let mut first = worker_process(&db, &nats);
-    wait_until("the first worker answers", || {
-        invoicer::client::worker_running(&client)
-    })
-    .await;
+    let mut app = TestApp::start().await;
+    // Small batches so the kill lands between commits.
+    app.set_env("ROLLUP_BATCH_SIZE", 10);
+    let first = app.spawn_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    // Bulk-load the tenants straight into the database: setup, not the subject under test.
-    sqlx::query(
-        "INSERT INTO tenants (tenant_id) SELECT 't' || lpad(g::text, 5, '0') FROM generate_series(1, $1) g;
-         ",
-    )
-    .bind(TENANTS)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01' FROM tenants",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    app.bulk_tenants("t", TENANTS, None).await;
 
     invoicer::client::request_rollup(
         &js,
@@ -70,8 +35,7 @@ async fn sigkill_mid_rollup_loses_nothing_and_bills_nobody_twice() {
         n >= 50
     })
     .await;
-    first.kill().expect("SIGKILL the worker"); // Child::kill sends SIGKILL on Unix
-    first.wait().unwrap();
+    app.workers[first].kill();
     let at_kill: i64 = sqlx::query_scalar("SELECT count(*) FROM invoices")
         .fetch_one(&db.pool)
         .await
@@ -81,7 +45,7 @@ async fn sigkill_mid_rollup_loses_nothing_and_bills_nobody_twice() {
         "the kill must land mid-rollup (had {at_kill} of {TENANTS})"
     );
 
-    let mut second = worker_process(&db, &nats);
+    let second = app.spawn_worker().await;
     let done = completed(&js, "crash").await;
     assert_eq!(done["invoices_issued"], TENANTS, "{done}");
     assert_eq!(done["invoices_skipped"], 0, "{done}");
@@ -111,6 +75,5 @@ async fn sigkill_mid_rollup_loses_nothing_and_bills_nobody_twice() {
     let completed_events = stream_messages(&js, "BILLING_EVENTS", "billing.rollup.completed").await;
     assert_eq!(completed_events.len(), 1);
 
-    second.kill().unwrap();
-    second.wait().unwrap();
+    app.workers[second].kill();
 }

@@ -4,14 +4,9 @@
 
 mod common;
 
-use async_nats::jetstream;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use common::{
-    admin, load_seed_catalog, publish_usage, rollup, seller_args, NatsServer, TestDb, Worker,
-};
-use invoicer::client::{call_raw, ServiceError};
-use invoicer::config::WorkerArgs;
+use common::{load_seed_catalog, publish_usage, rollup, seller_worker, TestApp};
 use invoicer::money::format_cents;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -24,49 +19,19 @@ const SELLER_ABN: &str = "51 824 753 556";
 const PILOT_ABN: &str = "33 051 775 556";
 const BIG_ABN: &str = "88 000 014 675";
 
-struct Env {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    _worker: Worker,
-    nats: NatsServer,
-    db: TestDb,
+/// The requests these tests make, on an app whose worker has the test seller
+/// ([`seller_worker`]).
+trait Documents {
+    async fn subscribe(&self, tenant: &str, deployment: Uuid);
+    async fn april(&self, tenant: &str) -> Vec<Value>;
+    async fn get(&self, id: &str) -> Value;
+    async fn html(&self, tenant: Option<&str>, id: &str) -> String;
+    async fn pdf(&self, tenant: Option<&str>, id: &str) -> Vec<u8>;
+    async fn render(&self, tenant: Option<&str>, body: Value) -> Value;
+    async fn get_tenant_abn(&self, tenant: &str) -> Option<String>;
 }
 
-impl Env {
-    /// A worker with the test seller configured.
-    async fn start() -> Env {
-        let args = WorkerArgs {
-            seller: seller_args(),
-            ..WorkerArgs::default()
-        };
-        Self::start_with(args).await
-    }
-
-    async fn start_with(args: WorkerArgs) -> Env {
-        let db = TestDb::new().await;
-        let nats = NatsServer::start();
-        let worker = Worker::start_with(db.args(), nats.args(), args).await;
-        let client = nats.client().await;
-        let js = jetstream::new(client.clone());
-        Env {
-            client,
-            js,
-            _worker: worker,
-            nats,
-            db,
-        }
-    }
-
-    async fn call(&self, subject: &str, body: Value) -> Result<Value, ServiceError> {
-        call_raw(&self.client, subject, body.to_string().into_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("{subject}: no well-formed reply: {e:#}"))
-    }
-
-    async fn ok(&self, subject: &str, body: Value) -> Value {
-        admin(&self.client, subject, body).await
-    }
-
+impl Documents for TestApp {
     /// A tenant on plan Studio with the seed add-on, on `deployment`, from March 2026.
     async fn subscribe(&self, tenant: &str, deployment: Uuid) {
         self.ok(
@@ -124,6 +89,14 @@ impl Env {
             Err(e) => panic!("{subject} {body}: {e:?}"),
         }
     }
+
+    async fn get_tenant_abn(&self, tenant: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT abn FROM tenants WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
 }
 
 fn render_subject(tenant: Option<&str>) -> String {
@@ -151,7 +124,7 @@ fn day(at: &Value) -> String {
 
 /// Loads the seed scenario (CONTRACT.md 9) for tenant pilot, with its legal details, and bills
 /// April 2026. Returns the issued invoice with lines.
-async fn seed(env: &Env) -> Value {
+async fn seed(env: &TestApp) -> Value {
     load_seed_catalog(&env.client).await;
     let stored = env
         .ok(
@@ -205,7 +178,7 @@ fn required_text(invoice: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_invoice_renders_to_html_and_pdf_matching_its_json() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     let invoice = seed(&env).await;
     let id = invoice["id"].as_str().unwrap();
     let lines = invoice["lines"].as_array().unwrap();
@@ -288,7 +261,7 @@ async fn seed_invoice_renders_to_html_and_pdf_matching_its_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipient_abn_is_shown_from_one_thousand_dollars() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     // big: 100,000 droplet-hours, total $1,146.88; nobn: the same without an ABN on file;
     // small: the plan alone, $63.25, with an ABN that is therefore not printed.
@@ -353,7 +326,7 @@ async fn recipient_abn_is_shown_from_one_thousand_dollars() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draft_void_and_superseded_invoices_say_so() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     env.ok(
         "billing.admin.tenants.put",
@@ -450,7 +423,7 @@ async fn draft_void_and_superseded_invoices_say_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_legal_details_are_validated_stored_and_escaped() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     load_seed_catalog(&env.client).await;
     let put = |body: Value| env.call("billing.admin.tenants.put", body);
 
@@ -539,19 +512,9 @@ async fn tenant_legal_details_are_validated_stored_and_escaped() {
     assert!(pdf_text(&env.pdf(Some("evil"), &id).await).contains(hostile));
 }
 
-impl Env {
-    async fn get_tenant_abn(&self, tenant: &str) -> Option<String> {
-        sqlx::query_scalar("SELECT abn FROM tenants WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_one(&self.db.pool)
-            .await
-            .unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_seller_render_answers_a_clear_error() {
-    let env = Env::start_with(WorkerArgs::default()).await;
+    let env = TestApp::with_worker().await;
     for (tenant, format) in [(None, "html"), (Some("pilot"), "pdf")] {
         let r = env
             .call(
@@ -633,11 +596,11 @@ fn a_bad_seller_configuration_stops_the_worker_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_writes_the_html_and_pdf_documents() {
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     let invoice = seed(&env).await;
     let id = invoice["id"].as_str().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let url = env.nats.url.clone();
+    let url = env.nodes[0].url.clone();
     let (html_path, pdf_path) = (dir.path().join("inv.html"), dir.path().join("inv.pdf"));
     let nats = [("NATS_URL", url.as_str())];
     let (h, p) = (html_path.to_str().unwrap(), pdf_path.to_str().unwrap());
@@ -753,7 +716,7 @@ async fn a_real_invoice_opens_in_chromium_to_a_page_with_content() {
         );
         return;
     };
-    let env = Env::start().await;
+    let env = TestApp::with_worker_args(seller_worker()).await;
     let invoice = seed(&env).await;
     let html = env
         .html(Some("pilot"), invoice["id"].as_str().unwrap())

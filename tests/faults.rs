@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::app::*;
+use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

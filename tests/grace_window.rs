@@ -12,7 +12,6 @@ use invoicer::config::WorkerArgs;
 use invoicer::grace::GracePeriod;
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -34,33 +33,6 @@ fn grace(s: &str) -> WorkerArgs {
         grace_period: GracePeriod::parse(s).unwrap(),
         ..Default::default()
     }
-}
-
-async fn subscribe(client: &async_nats::Client, tenant: &str, deployment: Uuid) {
-    admin(
-        client,
-        "billing.admin.subscriptions.put",
-        json!({"id": Uuid::new_v4(), "tenant_id": tenant, "deployment_id": deployment, "plan": "studio",
-               "addons": ["storage_50gb"], "started_at": "2026-01-01T00:00:00Z"}),
-    )
-    .await;
-}
-
-async fn live_invoice(client: &async_nats::Client, tenant: &str) -> Value {
-    let list = admin(
-        client,
-        "billing.admin.invoices.list",
-        json!({"tenant_id": tenant}),
-    )
-    .await;
-    let live = list["invoices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["status"] != "void")
-        .unwrap_or_else(|| panic!("{tenant} has no live invoice"))
-        .clone();
-    get(client, &live["id"]).await
 }
 
 async fn get(client: &async_nats::Client, id: &Value) -> Value {
@@ -120,12 +92,9 @@ async fn poll(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_drafts_absorbs_usage_issues_when_it_closes_and_later_usage_is_late() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
     // The platform default is a short window; one tenant opts out with its own zero window.
-    let _worker = Worker::start_with(db.args(), nats.args(), grace("PT12S")).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker_args(grace("PT12S")).await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     let stored = admin(
         &client,
@@ -263,10 +232,8 @@ async fn a_window_drafts_absorbs_usage_issues_when_it_closes_and_later_usage_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_put_validates_grace_period() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
+    let app = TestApp::with_worker().await;
+    let client = app.client.clone();
     for bad in [
         json!("P32D"),
         json!("PT744H1S"),
@@ -314,11 +281,8 @@ async fn tenants_put_validates_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_reruns_keep_an_open_window_and_an_admin_issue_finalizes_early() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let mut app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     admin(
         &client,
@@ -432,16 +396,13 @@ async fn force_reruns_keep_an_open_window_and_an_admin_issue_finalizes_early() {
     assert_eq!(new["subtotal_cents"], 5750 + 40);
     assert_eq!(outbox_rows(&db, "usage-late:%").await, 1);
     // The grace-draft loop stops with the rest of the worker, cleanly.
-    worker.stop().await;
+    app.stop_worker(0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_draft_voided_by_an_admin_is_announced_and_never_issued() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start_with(db.args(), nats.args(), grace("P1D")).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker_args(grace("P1D")).await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     subscribe(&client, "acme", Uuid::new_v4()).await;
     rollup(&js, json!({"period_start": APRIL})).await;
@@ -470,30 +431,6 @@ async fn an_open_draft_voided_by_an_admin_is_announced_and_never_issued() {
         .unwrap();
     assert_eq!(round.issued, 0);
     assert_eq!(get(&client, &draft["id"]).await["status"], "void");
-}
-
-/// Loads `n` tenants with one Studio subscription each straight into the database: setup, not
-/// the subject under test. Returns nothing; tenants are `t00001`...
-async fn bulk_tenants(db: &TestDb, prefix: &str, n: i64, grace_period: Option<&str>) {
-    sqlx::query(
-        "INSERT INTO tenants (tenant_id, grace_period)
-         SELECT $1 || lpad(g::text, 5, '0'), $3 FROM generate_series(1, $2) g",
-    )
-    .bind(prefix)
-    .bind(n)
-    .bind(grace_period)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01'
-         FROM tenants WHERE tenant_id LIKE $1 || '%'",
-    )
-    .bind(prefix)
-    .execute(&db.pool)
-    .await
-    .unwrap();
 }
 
 /// Every invoice issued exactly once: one live invoice per tenant, numbers 1..=n without gaps,
@@ -526,20 +463,17 @@ async fn issued_exactly_once(db: &TestDb, js: &async_nats::jetstream::Context, n
 async fn two_workers_finalize_many_drafts_due_together_each_once_numbers_gapless() {
     const WINDOWED: i64 = 300;
     const PLAIN: i64 = 60;
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
     let args = WorkerArgs {
         rollup_batch_size: 20,
         ..grace("PT4S")
     };
-    let _a = Worker::start_with(db.args(), nats.args(), args.clone()).await;
-    let _b = Worker::start_with(db.args(), nats.args(), args).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let mut app = TestApp::with_worker_args(args.clone()).await;
+    app.run_worker(args).await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    bulk_tenants(&db, "w", WINDOWED, None).await;
+    app.bulk_tenants("w", WINDOWED, None).await;
     // Tenants issued at once take numbers in the same stretch as the finalizers.
-    bulk_tenants(&db, "p", PLAIN, Some("PT0S")).await;
+    app.bulk_tenants("p", PLAIN, Some("PT0S")).await;
 
     let done = rollup(&js, json!({"period_start": APRIL})).await;
     assert_eq!(
@@ -567,35 +501,17 @@ async fn two_workers_finalize_many_drafts_due_together_each_once_numbers_gapless
     assert_eq!(drafted.len() as i64, WINDOWED);
 }
 
-fn worker_process(db: &TestDb, nats: &NatsServer) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_invoicer"))
-        .arg("run")
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", &nats.url)
-        .env("GRACE_PERIOD", "PT5S")
-        // Small batches so the kill lands between finalizer commits.
-        .env("ROLLUP_BATCH_SIZE", "10")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the invoicer binary runs")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_drafts_finalize_then_each_is_issued_exactly_once() {
     const TENANTS: i64 = 1500;
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
-    let mut first = worker_process(&db, &nats);
-    wait_until("the first worker answers", || {
-        invoicer::client::worker_running(&client)
-    })
-    .await;
+    let mut app = TestApp::start().await;
+    app.set_env("GRACE_PERIOD", "PT5S");
+    // Small batches so the kill lands between finalizer commits.
+    app.set_env("ROLLUP_BATCH_SIZE", 10);
+    let first = app.spawn_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    bulk_tenants(&db, "t", TENANTS, None).await;
+    app.bulk_tenants("t", TENANTS, None).await;
     invoicer::client::request_rollup(
         &js,
         &json!({"period_start": APRIL, "request_id": "grace-crash"}),
@@ -613,8 +529,7 @@ async fn sigkill_while_drafts_finalize_then_each_is_issued_exactly_once() {
         issued().await >= 50
     })
     .await;
-    first.kill().expect("SIGKILL the worker");
-    first.wait().unwrap();
+    app.workers[first].kill();
     let at_kill = issued().await;
     println!("{at_kill} of {TENANTS} issued when the worker was killed");
     assert!(
@@ -622,7 +537,7 @@ async fn sigkill_while_drafts_finalize_then_each_is_issued_exactly_once() {
         "the kill must land while drafts finalize (had {at_kill} of {TENANTS} issued)"
     );
 
-    let mut second = worker_process(&db, &nats);
+    let second = app.spawn_worker().await;
     let done = completed(&js, "grace-crash").await;
     assert_eq!(done["invoices_drafted"], TENANTS, "{done}");
     assert_eq!(done["invoices_issued"], 0, "{done}");
@@ -631,17 +546,13 @@ async fn sigkill_while_drafts_finalize_then_each_is_issued_exactly_once() {
     })
     .await;
     issued_exactly_once(&db, &js, TENANTS).await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    app.workers[second].kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_change_at_noon_on_the_16th_bills_15_days_on_each_plan() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     admin(
         &client,

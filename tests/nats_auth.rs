@@ -65,7 +65,7 @@ fn login(operator: Option<&Operator>, role: &Role) -> Login {
 struct Env {
     server: NatsServer,
     db: TestDb,
-    worker: Worker,
+    worker: InProcessWorker,
     admin: User,
     operator: Option<Operator>,
     /// How the server's log names the worker's connections: `User "worker"` or
@@ -76,7 +76,7 @@ struct Env {
 impl Env {
     async fn start(mode: Mode) -> Env {
         let (server, operator) = match mode {
-            Mode::Static => (NatsServer::start_logged(Path::new(CONF)), None),
+            Mode::Static => (NatsServer::start_with(Some(Path::new(CONF))), None),
             Mode::Operator => {
                 let operator = Operator::init();
                 (operator.start_server(), Some(operator))
@@ -105,7 +105,7 @@ impl Env {
         )
         .await;
         let worker =
-            Worker::start_probed(db.args(), nats, WorkerArgs::default(), &admin.client).await;
+            InProcessWorker::start(db.args(), nats, WorkerArgs::default(), &admin.client).await;
         Env {
             server,
             db,
@@ -638,7 +638,7 @@ async fn a_tenant_called_admin_cannot_read_the_admins_replies() {
 /// user; the metering user's bad record is answered, its good one stored.
 #[tokio::test]
 async fn the_worker_adds_usage_rejected_to_an_older_events_stream_and_publishes_it() {
-    let server = NatsServer::start_logged(Path::new(CONF));
+    let server = NatsServer::start_with(Some(Path::new(CONF)));
     let db = TestDb::new().await;
     let admin = User::connect(
         &server,
@@ -669,7 +669,8 @@ async fn the_worker_adds_usage_rejected_to_an_older_events_stream_and_publishes_
     let mut nats = NatsArgs::local(&server.url);
     nats.nats_user = Some("worker".into());
     nats.nats_password = Some("worker-secret".into());
-    let worker = Worker::start_probed(db.args(), nats, WorkerArgs::default(), &admin.client).await;
+    let worker =
+        InProcessWorker::start(db.args(), nats, WorkerArgs::default(), &admin.client).await;
     let env = Env {
         server,
         db,

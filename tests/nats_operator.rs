@@ -348,7 +348,8 @@ async fn a_thousand_tenants_each_read_only_their_own_invoice() {
     .await;
     let mut nats = server.args();
     nats.nats_creds = Some(op.creds_file(&Role::Worker));
-    let worker = Worker::start_probed(db.args(), nats, WorkerArgs::default(), &admin.client).await;
+    let worker =
+        InProcessWorker::start(db.args(), nats, WorkerArgs::default(), &admin.client).await;
 
     let ids: Vec<String> = (0..TENANTS).map(|i| format!("t{i:04}")).collect();
     let started = Instant::now();

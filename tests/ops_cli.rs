@@ -7,74 +7,26 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// `invoicer run` as a child process, stopped with SIGTERM on drop.
-struct WorkerProcess {
-    child: Child,
-    metrics: String,
+/// Starts a worker process that serves Prometheus metrics; returns its index and the address.
+async fn spawn_metered_worker(app: &mut TestApp) -> (usize, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let opts = WorkerOpts::default().with_env("METRICS_ADDR", &metrics);
+    (app.spawn_worker_with(opts).await, metrics)
 }
 
-impl WorkerProcess {
-    async fn start(db: &TestDb, nats: &NatsServer) -> WorkerProcess {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_invoicer"))
-            .arg("run")
-            .env("DATABASE_URL", &db.url)
-            .env("NATS_URL", &nats.url)
-            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the invoicer binary runs");
-        let client = nats.client().await;
-        wait_until("the worker process answers", || {
-            invoicer::client::worker_running(&client)
-        })
-        .await;
-        WorkerProcess {
-            child,
-            metrics: format!("127.0.0.1:{port}"),
-        }
-    }
-
-    /// SIGTERM, then wait (with a deadline) for the graceful exit.
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the worker did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The Prometheus text the worker serves on METRICS_ADDR.
-    fn scrape(&self) -> String {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&self.metrics).expect("metrics listener");
-        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        conn.read_to_string(&mut body).unwrap();
-        body
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The Prometheus text a worker serves on its METRICS_ADDR.
+fn scrape(metrics: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(metrics).expect("metrics listener");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body
 }
 
 struct Run {
@@ -84,10 +36,10 @@ struct Run {
 }
 
 /// Runs the CLI as a person would (no RUST_LOG), without a terminal, with a deadline.
-async fn cli(nats: &NatsServer, db: Option<&TestDb>, args: &[&str]) -> Run {
+async fn cli(nats_url: &str, db: Option<&TestDb>, args: &[&str]) -> Run {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_invoicer"));
     cmd.args(args)
-        .env("NATS_URL", &nats.url)
+        .env("NATS_URL", nats_url)
         .env_remove("RUST_LOG")
         .env_remove("LOG_FORMAT")
         .stdin(Stdio::null())
@@ -147,10 +99,9 @@ async fn subscribe(client: &async_nats::Client, tenant: &str) {
 
 #[tokio::test]
 async fn rollup_wait_prints_a_summary_and_exits_3_when_a_tenant_failed() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let worker = WorkerProcess::start(&db, &nats).await;
-    let client = nats.client().await;
+    let mut app = TestApp::start().await;
+    let (_, metrics) = spawn_metered_worker(&mut app).await;
+    let (nats, client) = (app.nodes[0].url.clone(), app.client.clone());
     load_seed_catalog(&client).await;
     subscribe(&client, "acme").await;
 
@@ -225,22 +176,21 @@ async fn rollup_wait_prints_a_summary_and_exits_3_when_a_tenant_failed() {
 
     // The worker counted the rollups and the one invoice it issued.
     wait_until("the worker's counters show the rollups", || async {
-        let text = worker.scrape();
+        let text = scrape(&metrics);
         text.contains("invoicer_rollups_total{outcome=\"completed\"} 2")
             && text.contains("invoicer_rollups_total{outcome=\"rejected\"} 1")
             && text.contains("invoicer_invoices_issued_total 1")
             && text.contains("invoicer_ready 1")
     })
     .await;
-    let text = worker.scrape();
+    let text = scrape(&metrics);
     assert!(text.contains("invoicer_outbox_backlog 0"), "{text}");
-    drop(worker);
 }
 
 #[tokio::test]
 async fn health_exits_0_for_a_ready_worker_and_1_when_it_is_stopped() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
+    let mut app = TestApp::start().await;
+    let nats = app.nodes[0].url.clone();
 
     let none = cli(&nats, None, &["health"]).await;
     assert_eq!(none.code, 1, "{}{}", none.stdout, none.stderr);
@@ -250,7 +200,7 @@ async fn health_exits_0_for_a_ready_worker_and_1_when_it_is_stopped() {
         none.stderr
     );
 
-    let mut worker = WorkerProcess::start(&db, &nats).await;
+    let (worker, _) = spawn_metered_worker(&mut app).await;
     // Ready once each consumer has fetched and the relay has run a round.
     let deadline = Instant::now() + Duration::from_secs(30);
     let ready = loop {
@@ -282,7 +232,7 @@ async fn health_exits_0_for_a_ready_worker_and_1_when_it_is_stopped() {
     assert_eq!(v["ready"], true, "{v}");
     assert_eq!(v["outbox_backlog"], 0, "{v}");
 
-    worker.stop();
+    app.workers[worker].terminate(Duration::from_secs(30));
     let stopped = cli(&nats, None, &["health", "--timeout", "2"]).await;
     assert_eq!(stopped.code, 1, "{}{}", stopped.stdout, stopped.stderr);
     assert!(
@@ -294,25 +244,12 @@ async fn health_exits_0_for_a_ready_worker_and_1_when_it_is_stopped() {
 
 #[tokio::test]
 async fn invoices_list_pages_through_everything_and_quote_shows_only_what_it_has() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = WorkerProcess::start(&db, &nats).await;
-    let client = nats.client().await;
+    let mut app = TestApp::start().await;
+    spawn_metered_worker(&mut app).await;
+    let (nats, client) = (app.nodes[0].url.clone(), app.client.clone());
     load_seed_catalog(&client).await;
     // 620 tenants straight into the database: setup, not the subject under test.
-    sqlx::query(
-        "INSERT INTO tenants (tenant_id) SELECT 't' || lpad(g::text, 4, '0') FROM generate_series(1, 620) g",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01' FROM tenants",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    app.bulk_tenants("t", 620, None).await;
     let rollup = cli(&nats, None, &["rollup", "--period", "2026-04", "--wait"]).await;
     assert_eq!(rollup.code, 0, "{}{}", rollup.stdout, rollup.stderr);
     assert_eq!(row(&rollup.stdout, "Invoices issued"), "620");
@@ -392,9 +329,9 @@ async fn invoices_list_pages_through_everything_and_quote_shows_only_what_it_has
 
 #[tokio::test]
 async fn demo_prints_the_invoice_and_the_rerun_without_log_lines() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let demo = cli(&nats, Some(&db), &["demo"]).await;
+    let app = TestApp::start().await;
+    let (db, nats) = (&*app.db, app.nodes[0].url.clone());
+    let demo = cli(&nats, Some(db), &["demo"]).await;
     println!("$ invoicer demo\n{}{}", demo.stdout, demo.stderr);
     assert_eq!(demo.code, 0, "{}{}", demo.stdout, demo.stderr);
     assert!(

@@ -52,12 +52,11 @@ async fn published(js: &async_nats::jetstream::Context, subject: &str) -> Vec<i6
 #[tokio::test]
 async fn events_too_big_to_publish_are_parked_and_the_events_behind_them_go_out() {
     let dir = tempfile::tempdir().unwrap();
-    let db = TestDb::new().await;
-    let nats = NatsServer::start_with(Some(&small_payload_config(&dir)));
+    let mut app = TestApp::with_nats_config(&small_payload_config(&dir)).await;
+    let (db, js) = (app.db.clone(), app.js.clone());
     insert_events(&db, "billing.rollup.completed", "huge:", 600, 10_000).await;
     insert_events(&db, "billing.invoice.issued", "small:", 10, 10).await;
-    let _worker = WorkerProcess::start(&db, &nats, &[]).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    app.spawn_worker().await;
 
     wait_until(
         "the events behind the oversize ones are published",
@@ -137,26 +136,14 @@ async fn events_too_big_to_publish_are_parked_and_the_events_behind_them_go_out(
 #[tokio::test]
 async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back() {
     const TENANTS: i64 = 600;
-    let db = TestDb::new().await;
-    let mut nats = NatsServer::start();
+    let mut app = TestApp::start().await;
     // Two items of 300 tenants, worked at once: both are in hand when NATS goes away.
-    let worker = WorkerProcess::start(
-        &db,
-        &nats,
-        &[("ROLLUP_BATCH_SIZE", "300"), ("ROLLUP_CONCURRENCY", "2")],
-    )
-    .await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    app.set_env("ROLLUP_BATCH_SIZE", 300);
+    app.set_env("ROLLUP_CONCURRENCY", 2);
+    app.spawn_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
-    sqlx::raw_sql(&format!(
-        "INSERT INTO tenants (tenant_id) SELECT 't' || lpad(g::text, 5, '0') FROM generate_series(1, {TENANTS}) g;
-         INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
-         SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01' FROM tenants;"
-    ))
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    app.bulk_tenants("t", TENANTS, None).await;
 
     // The first item will wait on its first tenant's lock, held here, until NATS is down.
     let mut blocker = db.pool.begin().await.unwrap();
@@ -186,7 +173,7 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    nats.kill();
+    app.nodes[0].kill();
     blocker.commit().await.unwrap();
     // What was in hand commits with the database alone; its events wait in the outbox.
     wait_until("the items in hand commit while NATS is down", || async {
@@ -214,7 +201,7 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
         "the events committed during the outage wait in the outbox ({waiting} < {committed_in_outage})"
     );
 
-    nats.restart();
+    app.nodes[0].restart();
     wait_until("the rollup completes once NATS is back", || async {
         count(
             &db,
@@ -233,7 +220,7 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
             == 0
     })
     .await;
-    let client = nats.client().await;
+    let client = app.nodes[0].client().await;
     let js = async_nats::jetstream::new(client.clone());
     let issued = stream_messages(&js, "BILLING_EVENTS", "billing.invoice.issued").await;
     let ids: std::collections::HashSet<&str> =
@@ -252,7 +239,7 @@ async fn nats_down_while_invoices_commit_the_outbox_holds_them_until_it_is_back(
         .await,
         0,
         "{}",
-        worker.log()
+        app.workers[0].log()
     );
 }
 
@@ -314,12 +301,11 @@ const FAST: RelayPolicy = RelayPolicy {
 /// its own schedule and parked after its last attempt; the events around it go out meanwhile.
 #[tokio::test]
 async fn a_row_that_keeps_failing_backs_off_alone_and_is_parked_after_its_attempts() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
+    let app = TestApp::start().await;
+    let (db, js) = (app.db.clone(), app.js.clone());
     insert_events(&db, "billing.nowhere", "lost:", 3, 10).await;
     insert_events(&db, "billing.invoice.issued", "first:", 5, 10).await;
-    let _relay = FastRelay::start(&db, &nats, FAST).await;
-    let js = async_nats::jetstream::new(nats.client().await);
+    let _relay = FastRelay::start(&db, &app.nodes[0], FAST).await;
 
     wait_until("the good events go out", || async {
         published(&js, "billing.invoice.issued").await.len() == 5
@@ -362,8 +348,8 @@ async fn a_row_that_keeps_failing_backs_off_alone_and_is_parked_after_its_attemp
 /// recent ones are kept.
 #[tokio::test]
 async fn published_rows_are_pruned_after_the_retention_period() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
+    let app = TestApp::start().await;
+    let db = app.db.clone();
     insert_events(&db, "billing.invoice.issued", "old:", 30, 10).await;
     insert_events(&db, "billing.rollup.completed", "old-completed:", 2, 10).await;
     insert_events(&db, "billing.invoice.issued", "recent:", 5, 10).await;
@@ -379,7 +365,7 @@ async fn published_rows_are_pruned_after_the_retention_period() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let _relay = FastRelay::start(&db, &nats, FAST).await;
+    let _relay = FastRelay::start(&db, &app.nodes[0], FAST).await;
     wait_until("old published rows are pruned", || async {
         count(&db, "SELECT count(*) FROM outbox WHERE msg_id LIKE 'old:%'").await == 0
     })

@@ -14,47 +14,10 @@ fn record(deployment: Uuid, kind: &str, qty: &str, at: &str) -> Value {
            "quantity": qty, "occurred_at": at})
 }
 
-async fn subscribe(client: &async_nats::Client, tenant: &str, deployment: Uuid) {
-    admin(
-        client,
-        "billing.admin.subscriptions.put",
-        json!({"id": Uuid::new_v4(), "tenant_id": tenant, "deployment_id": deployment, "plan": "studio",
-               "addons": ["storage_50gb"], "started_at": "2026-01-01T00:00:00Z"}),
-    )
-    .await;
-}
-
-async fn invoices_of(client: &async_nats::Client, tenant: &str) -> Vec<Value> {
-    let list = admin(
-        client,
-        "billing.admin.invoices.list",
-        json!({"tenant_id": tenant}),
-    )
-    .await;
-    list["invoices"].as_array().unwrap().clone()
-}
-
-async fn live_invoice(client: &async_nats::Client, tenant: &str) -> Value {
-    let live = invoices_of(client, tenant)
-        .await
-        .into_iter()
-        .find(|i| i["status"] != "void")
-        .unwrap_or_else(|| panic!("{tenant} has no live invoice"));
-    admin(
-        client,
-        "billing.admin.invoices.get",
-        json!({"id": live["id"]}),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn seed_scenario_to_the_cent_and_rerun_skips() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     let dep = invoicer::demo::DEPLOYMENT;
     admin(
@@ -221,11 +184,8 @@ async fn seed_scenario_to_the_cent_and_rerun_skips() {
 
 #[tokio::test]
 async fn force_supersedes_issued_recomputes_draft_and_leaves_paid_alone() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     let deps: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
     for (t, dep) in ["issued", "drafted", "paid", "voided"].iter().zip(&deps) {
@@ -341,11 +301,8 @@ async fn force_supersedes_issued_recomputes_draft_and_leaves_paid_alone() {
 
 #[tokio::test]
 async fn malformed_requests_are_rejected_and_the_stream_keeps_flowing() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (client, js) = (app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     subscribe(&client, "acme", Uuid::new_v4()).await;
 
@@ -396,11 +353,8 @@ async fn malformed_requests_are_rejected_and_the_stream_keeps_flowing() {
 
 #[tokio::test]
 async fn late_usage_is_kept_and_reported_and_changes_nothing_without_force() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     let dep = Uuid::new_v4();
     subscribe(&client, "acme", dep).await;
@@ -437,11 +391,8 @@ async fn late_usage_is_kept_and_reported_and_changes_nothing_without_force() {
 /// reported late: the draft was issued with the amounts it had when it was written.
 #[tokio::test]
 async fn usage_arriving_while_the_invoice_is_a_draft_is_billed_when_it_is_issued() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     let dep = Uuid::new_v4();
     subscribe(&client, "acme", dep).await;
@@ -479,11 +430,8 @@ async fn usage_arriving_while_the_invoice_is_a_draft_is_billed_when_it_is_issued
 /// (tenant, then invoice locks, in that order, on both paths) and every invariant holds.
 #[tokio::test]
 async fn a_force_rollup_racing_an_admin_issue_never_rewrites_an_issued_invoice() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     let dep = Uuid::new_v4();
     subscribe(&client, "acme", dep).await;
@@ -553,11 +501,8 @@ async fn a_force_rollup_racing_an_admin_issue_never_rewrites_an_issued_invoice()
 
 #[tokio::test]
 async fn a_failing_tenant_is_reported_and_does_not_stop_the_others() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
     load_seed_catalog(&client).await;
     admin(
         &client,
@@ -627,10 +572,8 @@ async fn a_failing_tenant_is_reported_and_does_not_stop_the_others() {
 
 #[tokio::test]
 async fn catalog_admin_rejects_bad_input() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = Worker::start(&db, &nats).await;
-    let client = nats.client().await;
+    let app = TestApp::with_worker().await;
+    let client = app.client.clone();
     load_seed_catalog(&client).await;
     let bad = [
         (

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::app::*;
+use common::*;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

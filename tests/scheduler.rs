@@ -376,7 +376,7 @@ fn user(nats: &NatsServer, name: &str) -> NatsArgs {
 
 #[tokio::test]
 async fn under_nats_conf_the_scheduler_user_has_its_bucket_and_its_subject_and_nothing_else() {
-    let nats = NatsServer::start_logged(std::path::Path::new(CONF));
+    let nats = NatsServer::start_with(Some(std::path::Path::new(CONF)));
     // The worker creates the streams.
     let worker = invoicer::bus::connect(&user(&nats, "worker"), "test-worker")
         .await

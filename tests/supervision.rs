@@ -23,10 +23,9 @@ async fn a_worker_whose_consumer_is_deleted_exits_non_zero() {
         ("METERING_USAGE", "invoicer-usage", "usage consumer"),
     ];
     let runs = cases.map(|(stream, consumer, part)| async move {
-        let db = TestDb::new().await;
-        let nats = NatsServer::start();
-        let mut worker = WorkerProcess::start(&db, &nats, &[]).await;
-        let js = async_nats::jetstream::new(nats.client().await);
+        let mut app = TestApp::with_worker_process().await;
+        let js = app.js.clone();
+        let worker = &mut app.workers[0];
         js.get_stream(stream)
             .await
             .unwrap()

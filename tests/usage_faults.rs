@@ -81,11 +81,8 @@ async fn consumer_drained(js: &async_nats::jetstream::Context) {
 
 #[tokio::test]
 async fn poison_usage_is_rejected_record_by_record_and_the_good_records_count() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = WorkerProcess::start(&db, &nats, &[]).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker_process().await;
+    let (db, js) = (app.db.clone(), app.js.clone());
 
     let mut goods = Vec::new();
     // (what was sent, as the rejection should echo it)
@@ -221,11 +218,8 @@ async fn poison_usage_is_rejected_record_by_record_and_the_good_records_count() 
 
 #[tokio::test]
 async fn the_same_usage_event_delivered_many_times_counts_once() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = WorkerProcess::start(&db, &nats, &[]).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker_process().await;
+    let (db, js) = (app.db.clone(), app.js.clone());
 
     let events: Vec<Value> = (0..100).map(|_| good("1.5")).collect();
     // Every event 20 times: alone, repeated inside one batch, in overlapping batches, and the
@@ -272,11 +266,8 @@ async fn the_same_usage_event_delivered_many_times_counts_once() {
 /// until it succeeds, and nothing is rejected or lost.
 #[tokio::test]
 async fn a_database_error_is_retried_until_it_succeeds() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = WorkerProcess::start(&db, &nats, &[]).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker_process().await;
+    let (db, js) = (app.db.clone(), app.js.clone());
 
     // The fault counts its hits on a sequence: nextval survives the rollback of the failing
     // statement, so the test can see the retries.
@@ -347,11 +338,8 @@ async fn a_database_error_is_retried_until_it_succeeds() {
 /// while usage arrives: every record is stored once.
 #[tokio::test]
 async fn terminated_database_connections_during_ingestion_lose_nothing() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let _worker = WorkerProcess::start(&db, &nats, &[]).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker_process().await;
+    let (db, js) = (app.db.clone(), app.js.clone());
 
     let stop = tokio_util::sync::CancellationToken::new();
     let terminated = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));

@@ -43,11 +43,9 @@ fn record(n: u128) -> (String, Decimal) {
 
 #[tokio::test]
 async fn a_million_records_with_duplicates_none_lost_each_counted_once() {
-    let db = TestDb::new().await;
-    let nats = NatsServer::start();
-    let worker = WorkerProcess::start(&db, &nats, &[]).await;
-    let client = nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let app = TestApp::with_worker_process().await;
+    let (db, js) = (app.db.clone(), app.js.clone());
+    let worker = &app.workers[0];
     // Realistic lookups on the insert path: the deployments belong to subscribed tenants.
     sqlx::raw_sql(&format!(
         "INSERT INTO plans (code, name, currency, base_price) VALUES ('studio', 'Studio', 'AUD', 50);

@@ -1,24 +1,26 @@
 //! `TestApp`: one test's whole installation, composed from real parts: a fresh database, its
-//! own `nats-server` (one node, or a 3-node JetStream cluster), `invoicer run` worker processes
-//! (the binary, as in production, so they can be SIGKILLed, SIGTERMed and restarted), a client,
+//! own `nats-server` (one node, or a 3-node JetStream cluster), workers (`invoicer run`
+//! processes, as in production, so they can be SIGKILLed, SIGTERMed and restarted; or in-process
+//! workers where a test needs in-process speed or `WorkerArgs`), a client with request helpers,
 //! and readers of the `BILLING_EVENTS` stream that count what downstream consumers would see.
 //!
 //! Faults are injected from outside, as they happen in production: signals to processes, a
 //! NATS node stopped and restarted on its store, database backends terminated, and a TCP proxy
 //! between a worker and a server that can cut every connection or hold the server's answers
-//! ([`TcpProxy`]). Nothing in the product
-//! knows it is under test.
+//! ([`TcpProxy`]). Nothing in the product knows it is under test.
 //!
 //! Waiting is always on a state (a row, an event, a reply, a process exit) with a deadline.
 
-use super::{free_port, TestDb};
+use super::{free_port, InProcessWorker, NatsServer, TestDb, WorkerOpts, WorkerProcess};
 use async_nats::jetstream;
 use futures::StreamExt;
+use invoicer::client::ServiceError;
+use invoicer::config::WorkerArgs;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,139 +47,6 @@ where
             "timed out after {within:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// NATS: a node that can be stopped and restarted on its own store, alone or in a cluster.
-// ---------------------------------------------------------------------------------------------
-
-/// One `nats-server` with JetStream on a loopback port and its own store directory.
-pub struct NatsNode {
-    pub name: String,
-    pub port: u16,
-    pub url: String,
-    cluster: Option<(u16, Vec<String>)>,
-    store: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl NatsNode {
-    fn new(dir: &Path, name: &str, cluster: Option<(u16, Vec<String>)>) -> NatsNode {
-        let port = free_port();
-        let store = dir.join(format!("{name}-store"));
-        std::fs::create_dir_all(&store).unwrap();
-        NatsNode {
-            name: name.into(),
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-            cluster,
-            store,
-            log: dir.join(format!("{name}.log")),
-            child: None,
-        }
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("nats-server");
-        cmd.args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-js",
-            "-sd",
-        ])
-        .arg(&self.store)
-        .args(["-n", &self.name])
-        .arg("-l")
-        .arg(&self.log)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        if let Some((cluster_port, routes)) = &self.cluster {
-            cmd.args([
-                "--cluster_name",
-                "invoicer-test",
-                "--cluster",
-                &format!("nats://127.0.0.1:{cluster_port}"),
-                "--routes",
-                &routes.join(","),
-            ]);
-        }
-        self.child = Some(
-            cmd.spawn()
-                .expect("nats-server must be installed (see README)"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server {} did not start on port {}",
-                self.name,
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the server as an operator would (SIGTERM: JetStream flushes its store), and waits.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, "TERM");
-            wait_exit(&mut child, Duration::from_secs(20), "nats-server");
-        }
-    }
-
-    /// SIGKILLs the server, as when its machine dies.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port and store: streams, consumers and their
-    /// pending messages are as they were.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for NatsNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .expect("kill(1) runs");
-    assert!(status.success(), "kill -{sig} {} failed", child.id());
-}
-
-fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} (pid {}) did not exit within {within:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -353,67 +222,6 @@ impl Drop for TcpProxy {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Workers: `invoicer run` processes.
-// ---------------------------------------------------------------------------------------------
-
-/// One `invoicer run` process. Its database sessions carry its name as `application_name`, so
-/// a test can find (and terminate) them in `pg_stat_activity`.
-pub struct AppWorker {
-    pub name: String,
-    pub log: PathBuf,
-    child: Child,
-}
-
-impl AppWorker {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL: no cleanup of any kind, as when a machine dies.
-    pub fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL the worker");
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then the exit status and how long the worker took to exit.
-    pub fn terminate(&mut self, within: Duration) -> (ExitStatus, Duration) {
-        let start = Instant::now();
-        signal(&self.child, "TERM");
-        let status = wait_exit(&mut self.child, within, &self.name);
-        (status, start.elapsed())
-    }
-}
-
-impl Drop for AppWorker {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// How to start one worker, beyond the app's defaults.
-#[derive(Default, Clone)]
-pub struct WorkerOpts {
-    /// Which NATS node to connect to (default: round robin over the nodes).
-    pub node: Option<usize>,
-    /// A database URL other than the test database's own (e.g. through a [`TcpProxy`]).
-    pub database_url: Option<String>,
-    /// A NATS URL other than the node's own (e.g. through a [`TcpProxy`]).
-    pub nats_url: Option<String>,
-    pub env: Vec<(String, String)>,
-}
-
-// ---------------------------------------------------------------------------------------------
 // The stream as downstream consumers see it.
 // ---------------------------------------------------------------------------------------------
 
@@ -455,7 +263,14 @@ pub async fn try_read_stream(
         seq: m.sequence,
         subject: m.subject.to_string(),
         msg_id: m.headers.get("Nats-Msg-Id").map(|v| v.to_string()),
-        payload: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
+        payload: serde_json::from_slice(&m.payload).unwrap_or_else(|e| {
+            panic!(
+                "{stream} #{} on {} is not JSON ({e}): {:?}",
+                m.sequence,
+                m.subject,
+                String::from_utf8_lossy(&m.payload)
+            )
+        }),
     };
     let mut out = Vec::new();
     if let Some(subject) = subject {
@@ -488,6 +303,28 @@ pub async fn try_read_stream(
         }
     }
     Ok(out)
+}
+
+/// The `billing.rollup.completed` event of a request, once it is in `BILLING_EVENTS` (read
+/// again while JetStream answers with errors, as a cluster electing a leader does).
+pub async fn completed_within(
+    js: &jetstream::Context,
+    request_id: &str,
+    within: Duration,
+) -> Value {
+    wait_for(
+        &format!("rollup {request_id} completes"),
+        within,
+        || async {
+            try_read_stream(js, "BILLING_EVENTS", Some("billing.rollup.completed"))
+                .await
+                .ok()?
+                .into_iter()
+                .find(|e| e.payload["request_id"] == request_id)
+                .map(|e| e.payload)
+        },
+    )
+    .await
 }
 
 /// The events of `BILLING_EVENTS`, grouped the way the assertions need them.
@@ -532,11 +369,15 @@ pub struct Billing {
 // ---------------------------------------------------------------------------------------------
 
 pub struct TestApp {
-    pub db: TestDb,
-    pub nodes: Vec<NatsNode>,
+    /// First, so that in-process workers are told to stop before their database and server
+    /// go away.
+    pub in_process: Vec<InProcessWorker>,
+    /// Shared, so a test can hold it while it starts and stops workers (`&mut TestApp`).
+    pub db: Arc<TestDb>,
+    pub nodes: Vec<NatsServer>,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
-    pub workers: Vec<AppWorker>,
+    pub workers: Vec<WorkerProcess>,
     env: BTreeMap<String, String>,
     progress: Arc<Mutex<Vec<Value>>>,
     dir: tempfile::TempDir,
@@ -545,20 +386,45 @@ pub struct TestApp {
 impl TestApp {
     /// A database and one `nats-server`; no worker yet.
     pub async fn start() -> TestApp {
-        Self::build(1).await
+        Self::build(1, None).await
     }
 
     /// A database and a 3-node JetStream cluster (routes on loopback, one store each); workers
     /// create the streams with 3 replicas (`NATS_STREAM_REPLICAS=3`).
     pub async fn clustered() -> TestApp {
-        Self::build(3).await
+        Self::build(3, None).await
     }
 
-    async fn build(nodes: usize) -> TestApp {
+    /// A database and one `nats-server` started from `config` (which must let the test's
+    /// anonymous client in); no worker yet.
+    pub async fn with_nats_config(config: &Path) -> TestApp {
+        Self::build(1, Some(config)).await
+    }
+
+    /// A database, one `nats-server` and an in-process worker with the default settings.
+    pub async fn with_worker() -> TestApp {
+        Self::with_worker_args(WorkerArgs::default()).await
+    }
+
+    /// A database, one `nats-server` and an in-process worker with `args`.
+    pub async fn with_worker_args(args: WorkerArgs) -> TestApp {
+        let mut app = Self::start().await;
+        app.run_worker(args).await;
+        app
+    }
+
+    /// A database, one `nats-server` and a worker process with the default settings.
+    pub async fn with_worker_process() -> TestApp {
+        let mut app = Self::start().await;
+        app.spawn_worker().await;
+        app
+    }
+
+    async fn build(nodes: usize, config: Option<&Path>) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let db = TestDb::new().await;
-        let mut nats: Vec<NatsNode> = if nodes == 1 {
-            vec![NatsNode::new(dir.path(), "n1", None)]
+        let mut nats: Vec<NatsServer> = if nodes == 1 {
+            vec![NatsServer::new(dir.path(), "n1", None, config)]
         } else {
             let cluster_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect();
             let routes: Vec<String> = cluster_ports
@@ -567,10 +433,11 @@ impl TestApp {
                 .collect();
             (0..nodes)
                 .map(|i| {
-                    NatsNode::new(
+                    NatsServer::new(
                         dir.path(),
                         &format!("n{}", i + 1),
                         Some((cluster_ports[i], routes.clone())),
+                        config,
                     )
                 })
                 .collect()
@@ -603,7 +470,8 @@ impl TestApp {
             }
         });
         TestApp {
-            db,
+            in_process: Vec::new(),
+            db: Arc::new(db),
             nodes: nats,
             client,
             js,
@@ -614,7 +482,7 @@ impl TestApp {
         }
     }
 
-    /// Sets an environment variable for the workers started from now on.
+    /// Sets an environment variable for the worker processes started from now on.
     pub fn set_env(&mut self, key: &str, value: impl ToString) {
         self.env.insert(key.into(), value.to_string());
     }
@@ -637,7 +505,25 @@ impl TestApp {
         );
     }
 
-    /// Starts a worker and waits until it serves requests; returns its index.
+    /// Starts a worker on this runtime with `args` and waits until it serves requests;
+    /// returns its index in [`TestApp::in_process`].
+    pub async fn run_worker(&mut self, args: WorkerArgs) -> usize {
+        let i = self.in_process.len();
+        let node = &self.nodes[i % self.nodes.len()];
+        self.in_process
+            .push(InProcessWorker::spawn(self.db.args(), node.args(), args));
+        let want = self.running_workers();
+        self.wait_workers_answer(want).await;
+        i
+    }
+
+    /// Stops in-process worker `i` and waits for it; it must stop cleanly.
+    pub async fn stop_worker(&mut self, i: usize) {
+        self.in_process.remove(i).stop().await;
+    }
+
+    /// Starts a worker process and waits until it serves requests; returns its index in
+    /// [`TestApp::workers`].
     pub async fn spawn_worker(&mut self) -> usize {
         self.spawn_worker_with(WorkerOpts::default()).await
     }
@@ -664,21 +550,25 @@ impl TestApp {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("the invoicer binary runs");
-        self.workers.push(AppWorker { name, log, child });
+        self.workers.push(WorkerProcess { name, log, child });
         let want = self.running_workers();
         self.wait_workers_answer(want).await;
         i
     }
 
+    /// Worker processes still running, and in-process workers not stopped.
     fn running_workers(&mut self) -> usize {
-        self.workers
+        let processes = self
+            .workers
             .iter_mut()
             .map(|w| w.is_running())
             .filter(|r| *r)
-            .count()
+            .count();
+        processes + self.in_process.iter().filter(|w| w.is_running()).count()
     }
 
-    /// Waits until `n` distinct worker services answer `$SRV.PING.invoicer`.
+    /// Waits until `n` distinct worker services answer `$SRV.PING.invoicer`, failing at once
+    /// (with its log or error) if a worker stops with an error meanwhile.
     pub async fn wait_workers_answer(&mut self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -689,7 +579,10 @@ impl TestApp {
                     }
                 }
             }
-            if self.service_ids().await.len() >= n {
+            for w in &mut self.in_process {
+                w.fail_if_stopped().await;
+            }
+            if self.service_ids(n).await.len() >= n {
                 return;
             }
             assert!(
@@ -699,8 +592,9 @@ impl TestApp {
         }
     }
 
-    /// The ids of the `invoicer` service instances that answer a ping within a short window.
-    async fn service_ids(&self) -> HashSet<String> {
+    /// The ids of the `invoicer` service instances that answer a ping within a short window
+    /// (shorter once `enough` have answered).
+    async fn service_ids(&self, enough: usize) -> HashSet<String> {
         let inbox = self.client.new_inbox();
         let mut sub = self.client.subscribe(inbox.clone()).await.unwrap();
         self.client
@@ -716,6 +610,9 @@ impl TestApp {
                     Some(m) => {
                         if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
                             if let Some(id) = v["id"].as_str() { ids.insert(id.to_string()); }
+                        }
+                        if ids.len() >= enough {
+                            break;
                         }
                     }
                     None => break,
@@ -765,6 +662,31 @@ impl TestApp {
         }
     }
 
+    /// Loads `n` tenants (`<prefix>00001` ...) with one Studio subscription each (no add-on, no
+    /// usage) straight into the database: set-up, not the subject under test. `grace_period`
+    /// is each tenant's own window (none: the platform's).
+    pub async fn bulk_tenants(&self, prefix: &str, n: i64, grace_period: Option<&str>) {
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, grace_period)
+             SELECT $1 || lpad(g::text, 5, '0'), $3 FROM generate_series(1, $2) g",
+        )
+        .bind(prefix)
+        .bind(n)
+        .bind(grace_period)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at)
+             SELECT gen_random_uuid(), tenant_id, gen_random_uuid(), 'studio', '2026-01-01'
+             FROM tenants WHERE tenant_id LIKE $1 || '%'",
+        )
+        .bind(prefix)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+    }
+
     /// Publishes a rollup request (April 2026 unless the body says otherwise) and returns its
     /// `request_id` (a fresh one unless the body has one), also used as its `Nats-Msg-Id`.
     pub async fn request(&self, mut body: Value) -> String {
@@ -787,19 +709,7 @@ impl TestApp {
 
     /// The `billing.rollup.completed` event of a request, once it is in the stream.
     pub async fn completed(&self, request_id: &str, within: Duration) -> Value {
-        wait_for(
-            &format!("rollup {request_id} completes"),
-            within,
-            || async {
-                try_read_stream(&self.js, "BILLING_EVENTS", Some("billing.rollup.completed"))
-                    .await
-                    .ok()?
-                    .into_iter()
-                    .find(|e| e.payload["request_id"] == request_id)
-                    .map(|e| e.payload)
-            },
-        )
-        .await
+        completed_within(&self.js, request_id, within).await
     }
 
     /// Every event in `BILLING_EVENTS` (retried for a while: on a cluster that just lost a node,
@@ -823,6 +733,35 @@ impl TestApp {
             .filter(|p| p["request_id"] == request_id)
             .cloned()
             .collect()
+    }
+
+    /// Sends raw bytes to an endpoint and returns the reply: the value or the typed service
+    /// error. Panics on a transport failure or a missing or non-JSON reply.
+    pub async fn send(
+        &self,
+        subject: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<Value, ServiceError> {
+        invoicer::client::call_raw(&self.client, subject, payload.into())
+            .await
+            .unwrap_or_else(|e| panic!("{subject}: no well-formed reply: {e:#}"))
+    }
+
+    /// A JSON request (the body by value or by reference).
+    pub async fn call(
+        &self,
+        subject: &str,
+        body: impl std::borrow::Borrow<Value>,
+    ) -> Result<Value, ServiceError> {
+        self.send(subject, body.borrow().to_string()).await
+    }
+
+    /// A request that must succeed.
+    pub async fn ok(&self, subject: &str, body: Value) -> Value {
+        match self.call(subject, &body).await {
+            Ok(v) => v,
+            Err(e) => panic!("{subject} {body}: expected success, got {e:?}"),
+        }
     }
 
     pub async fn scalar(&self, sql: &str) -> i64 {

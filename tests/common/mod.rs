@@ -1,21 +1,29 @@
-//! Test harness: each test gets its own PostgreSQL database and, where it needs JetStream, its
-//! own `nats-server` process on a free port with a temporary store, killed on drop. The
-//! machine's shared servers are never stopped or reconfigured. A missing service fails loudly.
+//! Test harness. Most tests run on a [`TestApp`]: a fresh PostgreSQL database, its own
+//! `nats-server` (or a 3-node cluster) on free ports with temporary stores, workers in-process
+//! or as processes, a client and the event readers, all torn down on drop. The machine's shared
+//! servers are never stopped or reconfigured. A missing service fails loudly.
+//!
+//! The parts stand alone too, for tests that assemble them differently (NATS users and
+//! permissions, a scheduler without a worker): [`TestDb`], [`NatsServer`], [`InProcessWorker`].
 #![allow(dead_code)]
 
 pub mod app;
+pub mod nats;
 pub mod operator;
 pub mod users;
+pub mod worker;
+
+pub use app::*;
+pub use nats::NatsServer;
+pub use worker::{InProcessWorker, WorkerOpts, WorkerProcess};
 
 use anyhow::Context;
-use invoicer::config::{DbArgs, NatsArgs, WorkerArgs};
+use invoicer::config::{DbArgs, WorkerArgs};
 use serde_json::Value;
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -77,144 +85,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A private `nats-server` with JetStream, optionally with a config file.
-pub struct NatsServer {
-    pub port: u16,
-    pub url: String,
-    child: Child,
-    _store: tempfile::TempDir,
-    config: Option<std::path::PathBuf>,
-}
-
-impl NatsServer {
-    pub fn start() -> NatsServer {
-        Self::start_with(None)
-    }
-
-    pub fn start_with(config: Option<&Path>) -> NatsServer {
-        Self::launch(config, true)
-    }
-
-    /// A server whose configuration names its own JetStream store directory (the operator-mode
-    /// configuration does: nats-server refuses `-sd` on top of it).
-    pub fn start_with_own_store(config: &Path) -> NatsServer {
-        Self::launch(Some(config), false)
-    }
-
-    fn launch(config: Option<&Path>, store_flags: bool) -> NatsServer {
-        let store = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = spawn_nats(port, store.path(), config, store_flags);
-        NatsServer {
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-            child,
-            _store: store,
-            config: config.map(Path::to_path_buf),
-        }
-    }
-
-    pub fn args(&self) -> NatsArgs {
-        NatsArgs::local(&self.url)
-    }
-
-    pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url).await.unwrap()
-    }
-}
-
-/// Starts `nats-server` with JetStream on `port` and `store`, and waits until it listens.
-/// `store_flags`: JetStream on with `store` as its directory (off when the configuration names
-/// its own store, as the operator-mode one does: nats-server refuses `-sd` on top of it).
-fn spawn_nats(port: u16, store: &Path, config: Option<&Path>, store_flags: bool) -> Child {
-    let mut cmd = Command::new("nats-server");
-    if let Some(c) = config {
-        cmd.arg("-c").arg(c);
-    }
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-    if store_flags {
-        cmd.arg("-js").arg("-sd").arg(store);
-    }
-    cmd.arg("-l")
-        .arg(store.join("nats-server.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = cmd
-        .spawn()
-        .expect("nats-server must be installed (see README)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nats-server did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An in-process worker, stopped (gracefully) on drop or by [`Worker::stop`].
-pub struct Worker {
-    stop: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Worker {
-    pub async fn start(db: &TestDb, nats: &NatsServer) -> Worker {
-        Self::start_with(db.args(), nats.args(), WorkerArgs::default()).await
-    }
-
-    pub async fn start_with(db: DbArgs, nats: NatsArgs, args: WorkerArgs) -> Worker {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let client = invoicer::bus::connect(&nats, "test-probe").await.unwrap();
-        let handle =
-            tokio::spawn(async move { invoicer::worker::run(&db, &nats, &args, token).await });
-        wait_until("the worker's service answers", || async {
-            invoicer::client::worker_running(&client).await
-        })
-        .await;
-        Worker {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(h) = self.handle.take() {
-            h.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 /// Polls `check` until it holds, failing after 30s: waiting on a state, never sleeping blind.
 pub async fn wait_until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(what, Duration::from_secs(30), || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
 }
 
 /// Every message stored on `subject` in `stream`, as JSON, in stream order.
@@ -223,17 +104,11 @@ pub async fn stream_messages(
     stream: &str,
     subject: &str,
 ) -> Vec<Value> {
-    let mut s = js.get_stream(stream).await.unwrap();
-    let last = s.info().await.unwrap().state.last_sequence;
-    let mut out = Vec::new();
-    for seq in 1..=last {
-        if let Ok(m) = s.get_raw_message(seq).await {
-            if m.subject.as_str() == subject {
-                out.push(serde_json::from_slice(&m.payload).unwrap());
-            }
-        }
-    }
-    out
+    read_stream(js, stream, Some(subject))
+        .await
+        .into_iter()
+        .map(|e| e.payload)
+        .collect()
 }
 
 pub async fn admin(client: &async_nats::Client, subject: &str, body: Value) -> Value {
@@ -248,6 +123,45 @@ pub async fn load_seed_catalog(client: &async_nats::Client) {
     let (plan, addon) = invoicer::demo::seed_catalog();
     admin(client, "billing.admin.plans.put", plan).await;
     admin(client, "billing.admin.addons.put", addon).await;
+}
+
+/// Subscribes `deployment` of `tenant` (created if new) to Studio with storage_50gb from
+/// 2026-01-01.
+pub async fn subscribe(client: &async_nats::Client, tenant: &str, deployment: uuid::Uuid) {
+    admin(
+        client,
+        "billing.admin.subscriptions.put",
+        serde_json::json!({"id": uuid::Uuid::new_v4(), "tenant_id": tenant,
+            "deployment_id": deployment, "plan": "studio", "addons": ["storage_50gb"],
+            "started_at": "2026-01-01T00:00:00Z"}),
+    )
+    .await;
+}
+
+/// Every invoice of a tenant, newest first (the admin list: no lines).
+pub async fn invoices_of(client: &async_nats::Client, tenant: &str) -> Vec<Value> {
+    let list = admin(
+        client,
+        "billing.admin.invoices.list",
+        serde_json::json!({ "tenant_id": tenant }),
+    )
+    .await;
+    list["invoices"].as_array().unwrap().clone()
+}
+
+/// The tenant's live (not void) invoice, with its lines.
+pub async fn live_invoice(client: &async_nats::Client, tenant: &str) -> Value {
+    let live = invoices_of(client, tenant)
+        .await
+        .into_iter()
+        .find(|i| i["status"] != "void")
+        .unwrap_or_else(|| panic!("{tenant} has no live invoice"));
+    admin(
+        client,
+        "billing.admin.invoices.get",
+        serde_json::json!({ "id": live["id"] }),
+    )
+    .await
 }
 
 /// Publishes usage records in one message and waits until all are stored.
@@ -283,160 +197,9 @@ pub async fn rollup(js: &async_nats::jetstream::Context, mut request: Value) -> 
     completed(js, &id).await
 }
 
-/// The `billing.rollup.completed` event of a request, once published.
+/// The `billing.rollup.completed` event of a request, once published (within 60 s).
 pub async fn completed(js: &async_nats::jetstream::Context, request_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = stream_messages(js, "BILLING_EVENTS", "billing.rollup.completed")
-            .await
-            .into_iter()
-            .find(|e| e["request_id"] == request_id);
-        if let Some(event) = found {
-            return event;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rollup {request_id} did not complete"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-impl NatsServer {
-    /// As [`NatsServer::start_with`], keeping the server's log (errors, warnings and notices,
-    /// including every `Publish Violation` / `Subscription Violation`) for
-    /// [`NatsServer::log`].
-    pub fn start_logged(config: &Path) -> NatsServer {
-        Self::start_with(Some(config))
-    }
-
-    /// The server's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self._store.path().join("nats-server.log")).unwrap_or_default()
-    }
-}
-
-impl Worker {
-    /// As [`Worker::start_with`], but readiness (`$SRV.PING.invoicer`) is probed through `probe`
-    /// rather than a connection with the worker's own credentials: under `nats.conf` the worker
-    /// user may not publish to `$SRV.>` (it only answers discovery, it never asks).
-    pub async fn start_probed(
-        db: DbArgs,
-        nats: NatsArgs,
-        args: WorkerArgs,
-        probe: &async_nats::Client,
-    ) -> Worker {
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let handle =
-            tokio::spawn(async move { invoicer::worker::run(&db, &nats, &args, token).await });
-        wait_until("the worker's service answers", || async {
-            handle.is_finished() || invoicer::client::worker_running(probe).await
-        })
-        .await;
-        if handle.is_finished() {
-            // Failing fast with the worker's own error (e.g. a refused JetStream API call).
-            panic!("the worker stopped while starting: {:?}", handle.await);
-        }
-        Worker {
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Real faults: a nats-server that can be killed and restarted on the same port and store, and
-// the worker as a separate process (the binary), killed on drop.
-// ---------------------------------------------------------------------------------------------
-
-impl NatsServer {
-    /// SIGKILLs the server; its store directory stays for [`NatsServer::restart`].
-    pub fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL nats-server");
-        self.child.wait().unwrap();
-    }
-
-    /// Starts the server again on the same port and store directory (streams, consumers and
-    /// their state survive, as after a real restart).
-    pub fn restart(&mut self) {
-        self.child = spawn_nats(self.port, self._store.path(), self.config.as_deref(), true);
-    }
-}
-
-/// `invoicer run` as a child process, its log kept in a file; SIGKILLed on drop.
-pub struct WorkerProcess {
-    child: Child,
-    log: tempfile::NamedTempFile,
-}
-
-impl WorkerProcess {
-    /// Starts the binary against `db` and `nats` with extra environment, and waits until its
-    /// service answers `$SRV.PING` (failing with the worker's log if it exits first).
-    pub async fn start(db: &TestDb, nats: &NatsServer, env: &[(&str, &str)]) -> WorkerProcess {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_invoicer"));
-        cmd.arg("run")
-            .env("DATABASE_URL", &db.url)
-            .env("NATS_URL", &nats.url)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut worker = WorkerProcess {
-            child: cmd.spawn().expect("the invoicer binary runs"),
-            log,
-        };
-        let probe = nats.client().await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !invoicer::client::worker_running(&probe).await {
-            if let Some(status) = worker.child.try_wait().unwrap() {
-                panic!(
-                    "the worker exited ({status}) while starting:\n{}",
-                    worker.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the worker did not start:\n{}",
-                worker.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        worker
-    }
-
-    /// What the worker logged so far (stderr).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The exit status, once the process has exited on its own within `within`.
-    pub async fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    completed_within(js, request_id, Duration::from_secs(60)).await
 }
 
 /// A count from the test database.
@@ -450,5 +213,38 @@ pub fn seller_args() -> invoicer::config::SellerArgs {
         seller_name: Some("Droplet Cloud Pty Ltd".into()),
         seller_abn: Some("51 824 753 556".into()),
         seller_address: Some("1 Example Street\nSydney NSW 2000".into()),
+    }
+}
+
+/// Worker settings with the test seller, so the render endpoints answer with documents.
+pub fn seller_worker() -> WorkerArgs {
+    WorkerArgs {
+        seller: seller_args(),
+        ..WorkerArgs::default()
+    }
+}
+
+/// Sends `sig` (e.g. `TERM`) to a child process.
+pub(crate) fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{sig} {} failed", child.id());
+}
+
+/// Waits for a child to exit; SIGKILLs it and fails if it outlives `within`.
+pub(crate) fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} (pid {}) did not exit within {within:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
