@@ -134,7 +134,7 @@ impl WorkerProcess {
             .env("NATS_URL", nats_url)
             .env(
                 "RUST_LOG",
-                std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()),
             )
             .env_remove("NATS_USER")
             .env_remove("NATS_PASSWORD")

@@ -5,6 +5,8 @@
 //! transaction commits.
 
 use crate::error::Error;
+use crate::metrics::Part;
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{message::Message, AckKind};
@@ -105,6 +107,41 @@ impl Liveness {
                 Ok(())
             }
         }
+    }
+}
+
+/// What one pull request brought.
+pub enum Pulled {
+    Batch(Box<Batch>),
+    /// The pull failed (logged, reported to health, and paused for): pull again.
+    Retry,
+    Shutdown,
+}
+
+/// One pull request of a consumer loop, raced against shutdown: the loops' shared handling of
+/// a failed pull (only a deleted consumer ends the loop, see [`Liveness`]).
+pub async fn pull<E: std::fmt::Display>(
+    request: impl std::future::Future<Output = Result<Batch, E>>,
+    consumer: &PullConsumer,
+    part: Part,
+    liveness: &mut Liveness,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Pulled> {
+    tokio::select! {
+        pulled = request => match pulled {
+            Ok(batch) => {
+                crate::metrics::part_ok(part);
+                Ok(Pulled::Batch(Box::new(batch)))
+            }
+            Err(e) => {
+                crate::metrics::part_failed(part, &e);
+                tracing::warn!(error = %e, part = part.name(), "pull failed");
+                liveness.check(consumer).await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(Pulled::Retry)
+            }
+        },
+        _ = shutdown.cancelled() => Ok(Pulled::Shutdown),
     }
 }
 

@@ -11,7 +11,9 @@
 //! `ROLLUP_RETRY_WINDOW` and then rejected with its cause; the rejection is published straight
 //! to JetStream when the outbox cannot take it, so even a database outage ends in an answer.
 
-use super::ack::{ack_for, backoff, delivered, in_progress, settle, Liveness, RetryWindow};
+use super::ack::{
+    ack_for, backoff, delivered, in_progress, pull, settle, Liveness, Pulled, RetryWindow,
+};
 use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED, WORK_ITEM, WORK_PROGRESS_EVERY};
 use crate::error::Error;
 use crate::store::{self, outbox::Event};
@@ -52,28 +54,19 @@ impl RollupConsumer {
     pub async fn run(self) -> anyhow::Result<()> {
         let mut liveness = Liveness::default();
         while !self.shutdown.is_cancelled() {
-            let batch = self
+            let request = self
                 .consumer
                 .batch()
                 .max_messages(1)
                 .expires(Duration::from_secs(1))
                 .messages();
-            let mut messages = tokio::select! {
-                m = batch => match m {
-                    Ok(m) => {
-                        crate::metrics::part_ok(crate::metrics::Part::RollupConsumer);
-                        m
-                    }
-                    Err(e) => {
-                        crate::metrics::part_failed(crate::metrics::Part::RollupConsumer, &e);
-                        tracing::warn!(error = %e, "rollup fetch failed");
-                        liveness.check(&self.consumer).await?;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-                _ = self.shutdown.cancelled() => break,
-            };
+            let part = crate::metrics::Part::RollupConsumer;
+            let mut messages =
+                match pull(request, &self.consumer, part, &mut liveness, &self.shutdown).await? {
+                    Pulled::Batch(b) => b,
+                    Pulled::Retry => continue,
+                    Pulled::Shutdown => break,
+                };
             let mut got = false;
             while let Some(msg) = messages.next().await {
                 match msg {

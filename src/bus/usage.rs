@@ -9,7 +9,7 @@
 //! reason other than a lost connection, its messages are retried one by one at once, so that
 //! whatever is wrong with one message cannot hold up the others.
 
-use super::ack::{backoff, delivered, settle, Liveness};
+use super::ack::{backoff, delivered, pull, settle, Liveness, Pulled};
 use super::USAGE_REJECTED;
 use crate::error::Error;
 use crate::store::{self, outbox::Event, usage::Ingested};
@@ -69,29 +69,20 @@ impl UsageConsumer {
         let fetch_bytes = FETCH_BYTES.max(2 * self.max_payload);
         let mut liveness = Liveness::default();
         while !self.shutdown.is_cancelled() {
-            let batch = self
+            let request = self
                 .consumer
                 .batch()
                 .max_messages(FETCH_MESSAGES)
                 .max_bytes(fetch_bytes)
                 .expires(Duration::from_millis(500))
                 .messages();
-            let mut stream = tokio::select! {
-                m = batch => match m {
-                    Ok(m) => {
-                        crate::metrics::part_ok(crate::metrics::Part::UsageConsumer);
-                        m
-                    }
-                    Err(e) => {
-                        crate::metrics::part_failed(crate::metrics::Part::UsageConsumer, &e);
-                        tracing::warn!(error = %e, "usage fetch failed");
-                        liveness.check(&self.consumer).await?;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-                _ = self.shutdown.cancelled() => break,
-            };
+            let part = crate::metrics::Part::UsageConsumer;
+            let mut stream =
+                match pull(request, &self.consumer, part, &mut liveness, &self.shutdown).await? {
+                    Pulled::Batch(b) => b,
+                    Pulled::Retry => continue,
+                    Pulled::Shutdown => break,
+                };
             let mut messages = Vec::new();
             while let Some(m) = stream.next().await {
                 match m {

@@ -14,7 +14,7 @@
 //! then worked one tenant per transaction with every failure final, so the run completes and
 //! reports those tenants in `tenants_failed` with the cause.
 
-use super::ack::{backoff, delivered, in_progress, settle, Liveness, RetryWindow};
+use super::ack::{backoff, delivered, in_progress, pull, settle, Liveness, Pulled, RetryWindow};
 use super::rollups::WorkItem;
 use super::{ROLLUP_PROGRESS, WORK_DRAIN_GRACE, WORK_PROGRESS_EVERY};
 use crate::error::Error;
@@ -59,30 +59,20 @@ impl WorkConsumer {
                 _ = self.shutdown.cancelled() => break Ok(()),
             };
             while tasks.try_join_next().is_some() {}
-            let batch = self
+            let request = self
                 .consumer
                 .batch()
                 .max_messages(1)
                 .expires(Duration::from_secs(1))
                 .messages();
-            let mut messages = tokio::select! {
-                m = batch => match m {
-                    Ok(m) => {
-                        crate::metrics::part_ok(crate::metrics::Part::WorkConsumer);
-                        m
-                    }
-                    Err(e) => {
-                        crate::metrics::part_failed(crate::metrics::Part::WorkConsumer, &e);
-                        tracing::warn!(error = %e, "work fetch failed");
-                        if let Err(e) = liveness.check(&self.consumer).await {
-                            break Err(e);
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-                _ = self.shutdown.cancelled() => break Ok(()),
-            };
+            let part = crate::metrics::Part::WorkConsumer;
+            let mut messages =
+                match pull(request, &self.consumer, part, &mut liveness, &self.shutdown).await {
+                    Ok(Pulled::Batch(b)) => b,
+                    Ok(Pulled::Retry) => continue,
+                    Ok(Pulled::Shutdown) => break Ok(()),
+                    Err(e) => break Err(e),
+                };
             match messages.next().await {
                 Some(Ok(msg)) => {
                     let this = self.clone();

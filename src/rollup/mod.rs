@@ -167,15 +167,7 @@ pub async fn work_item(
     if item == q::UNBILLED_ITEM {
         let unbilled = q::unbilled_deployments(&mut tx, run.request.period).await?;
         q::record_unbilled(&mut tx, key, unbilled).await?;
-        q::record_item(
-            &mut tx,
-            key,
-            item,
-            &BatchCounts::default(),
-            None,
-            Some(worker),
-        )
-        .await?;
+        q::finish_item(&mut tx, key, item, worker).await?;
         tx.commit().await?;
         return Ok(ItemOutcome::Done);
     }
@@ -227,15 +219,7 @@ async fn one_by_one(
             .find(|t| found.cursor.as_ref().is_none_or(|c| *t > c))
             .cloned();
         let Some(tenant) = next else {
-            q::record_item(
-                &mut tx,
-                key,
-                item,
-                &BatchCounts::default(),
-                None,
-                Some(worker),
-            )
-            .await?;
+            q::finish_item(&mut tx, key, item, worker).await?;
             tx.commit().await?;
             return Ok(ItemOutcome::Done);
         };

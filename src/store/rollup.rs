@@ -255,6 +255,11 @@ pub async fn record_item(
     Ok(())
 }
 
+/// Closes an item: done by `worker`, with whatever counts it already recorded.
+pub async fn finish_item(db: &mut PgConnection, key: &str, item: i32, worker: &str) -> Result<()> {
+    record_item(db, key, item, &BatchCounts::default(), None, Some(worker)).await
+}
+
 /// The items' progress and totals, read under the run's lock.
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
