@@ -76,3 +76,18 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
         other => Error::internal(format!("migration failed: {other}")),
     })
 }
+
+/// For the rest of the transaction, plans walk indexes rather than sort or scan whole tables.
+///
+/// For queries that are bounded by design (an item's tenants, a claim of the oldest events)
+/// over tables that grow from nothing to millions of rows within one month end, faster than
+/// autovacuum re-analyses them: planned from an empty table's statistics, a sequential scan
+/// looks free, and repeated per batch it makes the month end quadratic.
+pub async fn index_scans_only(tx: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query(
+        "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_sort', 'off', true)",
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}

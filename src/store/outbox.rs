@@ -88,13 +88,12 @@ impl Pending {
 /// from almost nothing to a hundred thousand rows within seconds, faster than autovacuum
 /// re-analyses it; planned from an empty table's statistics, the query sorted every pending row
 /// on every claim (measured: 10 s a claim at 100,000 pending, so the relay fell minutes behind
-/// the rollup). Sorting is disabled for this one statement, which leaves the ordered index scan
-/// as the plan whatever the statistics say.
+/// the rollup), and looked each number up by scanning all of `invoices`. Sorts and sequential
+/// scans are disabled for this one statement, which leaves the ordered index scan and the
+/// primary-key lookups as the plan whatever the statistics say.
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pending>> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL enable_sort = off")
-        .execute(&mut *tx)
-        .await?;
+    crate::store::index_scans_only(&mut tx).await?;
     let rows = sqlx::query(
         "WITH c AS (
             SELECT id, number_of FROM outbox
