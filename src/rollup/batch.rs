@@ -39,7 +39,7 @@ pub async fn run(
 ) -> Result<BatchCounts> {
     let mut clock = PhaseClock::start();
     // Every read here is bounded by the batch's tenants, over an index.
-    crate::store::index_scans_only(tx).await?;
+    crate::store::no_seq_scans(tx).await?;
     let tenants = catalog::lock_tenants(&mut *tx, tenant_ids).await?;
     let existing = invoices::lock_existing(tx, tenant_ids, req.period.start).await?;
     let drafts: Vec<Uuid> = existing

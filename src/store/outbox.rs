@@ -93,7 +93,10 @@ impl Pending {
 /// primary-key lookups as the plan whatever the statistics say.
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pending>> {
     let mut tx = pool.begin().await?;
-    crate::store::index_scans_only(&mut tx).await?;
+    crate::store::no_seq_scans(&mut tx).await?;
+    sqlx::query("SET LOCAL enable_sort = off")
+        .execute(&mut *tx)
+        .await?;
     let rows = sqlx::query(
         "WITH c AS (
             SELECT id, number_of FROM outbox
