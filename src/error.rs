@@ -112,3 +112,46 @@ impl From<serde_json::Error> for Error {
         Error::BadRequest(format!("invalid JSON payload: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    fn cause(e: &Error) -> &Cause {
+        match e {
+            Error::Transient(c) | Error::Internal(c) => c,
+            other => panic!("expected a failure with a cause, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_database_failure_keeps_its_cause_and_its_class() {
+        let lost = Error::from(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by peer",
+        )));
+        assert!(lost.is_transient());
+        assert!(matches!(
+            cause(&lost).downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(_))
+        ));
+        // The chain reaches the I/O error itself, not a string made of it.
+        let io = lost
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the I/O error is the source");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+
+        let bug = Error::from(sqlx::Error::ColumnNotFound("number".into()));
+        assert!(!bug.is_transient());
+        assert_eq!(bug.code(), "internal");
+        assert!(matches!(
+            cause(&bug).downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::ColumnNotFound(c)) if c == "number"
+        ));
+
+        assert_eq!(Error::from(sqlx::Error::RowNotFound).code(), "not_found");
+        assert!(Error::from(sqlx::Error::PoolTimedOut).is_transient());
+    }
+}
