@@ -17,25 +17,14 @@ use std::time::Duration;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects to `url`, creating the database first if it does not exist. Every session runs in
-/// UTC so that `date` and `timestamptz` compare as the contract's UTC periods, without JIT,
-/// and with custom plans.
+/// UTC so that `date` and `timestamptz` compare as the contract's UTC periods, and without JIT.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| Error::bad(format!("DATABASE_URL: {e}")))?
         // JIT off: every statement here is short, and JIT compiling one costs 30-140 ms
         // (measured on the number counter's one-row update, whose cost a transaction with
         // sequential scans disabled inflates past `jit_above_cost`).
-        // Custom plans only: a prepared statement's generic plan is made once per session and
-        // kept, and the tables a month end fills start empty. Planned against an empty outbox,
-        // the relay's claim joined its 500 claimed rows by rescanning them for every row of the
-        // outbox (measured at 100,000 events: 9 s a claim, the relay minutes behind the
-        // rollup); planned afresh, it takes 10 ms. Every statement here handles a batch, so
-        // planning each execution costs nothing that shows.
-        .options([
-            ("timezone", "UTC"),
-            ("jit", "off"),
-            ("plan_cache_mode", "force_custom_plan"),
-        ])
+        .options([("timezone", "UTC"), ("jit", "off")])
         .log_statements(tracing::log::LevelFilter::Trace);
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
@@ -105,6 +94,21 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 /// that statement alone (`outbox::claim`).
 pub async fn no_seq_scans(tx: &mut sqlx::PgConnection) -> Result<()> {
     sqlx::query("SELECT set_config('enable_seqscan', 'off', true)")
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// For the rest of the transaction, statements are planned at every execution.
+///
+/// A prepared statement's generic plan is made once per session and kept, and the tables a
+/// month end fills start empty: planned against an empty outbox, the relay's claim joined its
+/// 500 claimed rows by rescanning them for every row of the outbox (measured at 100,000
+/// events: 9 s a claim, the relay minutes behind the rollup; planned afresh, 10 ms). Not for
+/// an item's transaction: its deferred foreign-key checks, one prepared lookup per line, would
+/// be planned 6,500 times an item.
+pub async fn plan_afresh(tx: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::query("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
         .execute(tx)
         .await?;
     Ok(())

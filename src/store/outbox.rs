@@ -90,10 +90,12 @@ impl Pending {
 /// on every claim (measured: 10 s a claim at 100,000 pending, so the relay fell minutes behind
 /// the rollup), and looked each number up by scanning all of `invoices`. Sorts and sequential
 /// scans are disabled for this one statement, which leaves the ordered index scan and the
-/// primary-key lookups as the plan whatever the statistics say.
+/// primary-key lookups as the plan whatever the statistics say, and it is planned at every
+/// execution ([`crate::store::plan_afresh`]).
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pending>> {
     let mut tx = pool.begin().await?;
     crate::store::no_seq_scans(&mut tx).await?;
+    crate::store::plan_afresh(&mut tx).await?;
     sqlx::query("SET LOCAL enable_sort = off")
         .execute(&mut *tx)
         .await?;
@@ -135,14 +137,18 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pen
     Ok(pending)
 }
 
+/// Marks rows published, by primary key whatever the statistics say (see [`claim`]).
 pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    crate::store::no_seq_scans(&mut tx).await?;
     sqlx::query(
         "UPDATE outbox SET published_at = now(), claimed_until = NULL, next_attempt_at = NULL
          WHERE id = ANY($1)",
     )
     .bind(ids)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 
