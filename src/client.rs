@@ -1,6 +1,6 @@
 //! A small client for the service and the streams, used by the CLI, the demo and the tests.
 
-use crate::bus::ROLLUP_REQUESTED;
+use crate::subjects::ROLLUP_REQUESTED;
 use anyhow::{anyhow, Context};
 use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::Value;

@@ -5,9 +5,9 @@
 //! and shows that a re-run without `force` skips it. Usage event ids are fixed, so a second
 //! demo run adds nothing: the stored usage and the invoice stay the same.
 
-use crate::bus::{ROLLUP_COMPLETED, USAGE_RECORDED};
 use crate::client::{call, request_rollup, worker_running};
 use crate::config::{DbArgs, NatsArgs, WorkerArgs};
+use crate::subjects::{ROLLUP_COMPLETED, USAGE_RECORDED};
 use anyhow::{bail, Context};
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{Duration as Days, NaiveDate};

@@ -14,6 +14,7 @@
 //! | [`invoice`] | invoices, lines, the status machine |
 //! | [`document`] | tax invoice documents: a view model of an invoice, rendered to HTML and PDF |
 //! | [`wire`] | JSON payloads of the contract, parsed into domain values at the edge |
+//! | [`subjects`] | the contract's subjects named by more than one layer |
 //! | [`error`] | the error classes, each with one reply code and one ack kind |
 //! | [`store`] | PostgreSQL: migrations and one module of queries per concern |
 //! | [`rollup`] | a rollup's lifecycle: tenants, batches, what one transaction holds; grace drafts refreshed and finalized |
@@ -50,6 +51,7 @@ pub mod rollup;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;
+pub mod subjects;
 pub mod telemetry;
 pub mod wire;
 pub mod worker;

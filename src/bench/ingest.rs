@@ -89,7 +89,7 @@ async fn publish_all(ctx: &Ctx<'_>, bodies: Vec<String>) -> anyhow::Result<()> {
         }
         acks.push_back(
             ctx.js
-                .publish(crate::bus::USAGE_RECORDED, body.into())
+                .publish(crate::subjects::USAGE_RECORDED, body.into())
                 .await?,
         );
     }

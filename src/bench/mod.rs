@@ -275,7 +275,10 @@ impl Ctx<'_> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         wait_for_services(self.client, workers).await?;
         let request_id = format!("bench-{}", uuid::Uuid::new_v4());
-        let mut completed = self.client.subscribe(crate::bus::ROLLUP_COMPLETED).await?;
+        let mut completed = self
+            .client
+            .subscribe(crate::subjects::ROLLUP_COMPLETED)
+            .await?;
         let period = fixture::period();
         let request = json!({"period_start": period.start, "period_end": period.end,
                              "request_id": request_id});

@@ -11,6 +11,9 @@ pub mod usage;
 pub mod work;
 
 use crate::config::NatsArgs;
+use crate::subjects::{
+    ROLLUP_COMPLETED, ROLLUP_REJECTED, ROLLUP_REQUESTED, USAGE_LATE, USAGE_RECORDED, USAGE_REJECTED,
+};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer, stream};
 use std::time::Duration;
@@ -18,15 +21,6 @@ use std::time::Duration;
 pub const ROLLUPS_STREAM: &str = "BILLING_ROLLUPS";
 pub const EVENTS_STREAM: &str = "BILLING_EVENTS";
 pub const USAGE_STREAM: &str = "METERING_USAGE";
-pub const ROLLUP_REQUESTED: &str = "billing.rollup.requested";
-pub const ROLLUP_COMPLETED: &str = "billing.rollup.completed";
-pub const ROLLUP_REJECTED: &str = "billing.rollup.rejected";
-/// Core NATS (not stored): one message per committed rollup batch, for `rollup --wait`.
-pub const ROLLUP_PROGRESS: &str = "billing.rollup.progress";
-pub const USAGE_RECORDED: &str = "metering.usage.recorded";
-pub const USAGE_LATE: &str = "billing.usage.late";
-/// `{"reason", "record"}`: a usage record refused at the edge (CONTRACT.md section 8).
-pub const USAGE_REJECTED: &str = "billing.usage.rejected";
 pub const ROLLUPS_CONSUMER: &str = "invoicer-rollups";
 pub const USAGE_CONSUMER: &str = "invoicer-usage";
 /// The work queue that splits a rollup across replicas (internal, worker only).

@@ -14,9 +14,10 @@
 use super::ack::{
     ack_for, backoff, delivered, in_progress, pull, settle, Liveness, Pulled, RetryWindow,
 };
-use super::{ROLLUP_PROGRESS, ROLLUP_REJECTED, WORK_ITEM, WORK_PROGRESS_EVERY};
+use super::{WORK_ITEM, WORK_PROGRESS_EVERY};
 use crate::error::Error;
 use crate::store::{self, outbox::Event};
+use crate::subjects::{ROLLUP_PROGRESS, ROLLUP_REJECTED};
 use crate::wire::{self, RollupRequest, RollupRequestDto};
 use async_nats::jetstream::{self, consumer::PullConsumer, message::Message, AckKind};
 use futures::StreamExt;

@@ -10,9 +10,9 @@
 //! whatever is wrong with one message cannot hold up the others.
 
 use super::ack::{backoff, delivered, pull, settle, Liveness, Pulled};
-use super::USAGE_REJECTED;
 use crate::error::Error;
 use crate::store::{self, outbox::Event, usage::Ingested};
+use crate::subjects::USAGE_REJECTED;
 use crate::wire::{self, UsageMessage, UsageRecord};
 use async_nats::jetstream::{consumer::PullConsumer, message::Message, AckKind};
 use futures::StreamExt;

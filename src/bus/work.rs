@@ -16,9 +16,10 @@
 
 use super::ack::{backoff, delivered, in_progress, pull, settle, Liveness, Pulled, RetryWindow};
 use super::rollups::WorkItem;
-use super::{ROLLUP_PROGRESS, WORK_DRAIN_GRACE, WORK_PROGRESS_EVERY};
+use super::{WORK_DRAIN_GRACE, WORK_PROGRESS_EVERY};
 use crate::error::Error;
 use crate::rollup::{self, ItemOutcome};
+use crate::subjects::ROLLUP_PROGRESS;
 use async_nats::jetstream::{consumer::PullConsumer, message::Message, AckKind};
 use futures::StreamExt;
 use sqlx::PgPool;

@@ -274,7 +274,7 @@ pub async fn try_complete(pool: &PgPool, key: &str) -> Result<(Progress, Option<
     outbox::insert(
         &mut tx,
         &[Event::new(
-            crate::bus::ROLLUP_COMPLETED,
+            crate::subjects::ROLLUP_COMPLETED,
             completed_msg_id(key),
             &event,
         )],
