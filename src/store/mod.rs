@@ -93,22 +93,18 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 /// rollup from 3.5 s to 27.9 s). Where an ordered walk is the right plan, disable sorts for
 /// that statement alone (`outbox::claim`).
 pub async fn no_seq_scans(tx: &mut sqlx::PgConnection) -> Result<()> {
-    sqlx::query("SELECT set_config('enable_seqscan', 'off', true)")
-        .execute(tx)
-        .await?;
-    Ok(())
+    set_local(tx, &[("enable_seqscan", "off")]).await
 }
 
-/// For the rest of the transaction, statements are planned at every execution.
-///
-/// A prepared statement's generic plan is made once per session and kept, and the tables a
-/// month end fills start empty: planned against an empty outbox, the relay's claim joined its
-/// 500 claimed rows by rescanning them for every row of the outbox (measured at 100,000
-/// events: 9 s a claim, the relay minutes behind the rollup; planned afresh, 10 ms). Not for
-/// an item's transaction: its deferred foreign-key checks, one prepared lookup per line, would
-/// be planned 6,500 times an item.
-pub async fn plan_afresh(tx: &mut sqlx::PgConnection) -> Result<()> {
-    sqlx::query("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+/// Sets planner settings for the rest of the transaction, in one round trip.
+pub(crate) async fn set_local(
+    tx: &mut sqlx::PgConnection,
+    settings: &[(&str, &str)],
+) -> Result<()> {
+    let (names, values): (Vec<&str>, Vec<&str>) = settings.iter().copied().unzip();
+    sqlx::query("SELECT set_config(n, v, true) FROM unnest($1::text[], $2::text[]) AS s(n, v)")
+        .bind(names)
+        .bind(values)
         .execute(tx)
         .await?;
     Ok(())
