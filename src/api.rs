@@ -45,6 +45,7 @@ pub enum Endpoint {
     TenantList,
     TenantGet,
     TenantPreview,
+    AdminPreview,
     Quote,
     Health,
     AdminRender,
@@ -52,7 +53,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 17] = [
+    pub const ALL: [Endpoint; 18] = [
         Endpoint::PlansPut,
         Endpoint::AddonsPut,
         Endpoint::SubscriptionsPut,
@@ -66,6 +67,7 @@ impl Endpoint {
         Endpoint::TenantList,
         Endpoint::TenantGet,
         Endpoint::TenantPreview,
+        Endpoint::AdminPreview,
         Endpoint::Quote,
         Endpoint::Health,
         Endpoint::AdminRender,
@@ -87,6 +89,9 @@ impl Endpoint {
             Endpoint::TenantList => "billing.tenant.*.invoices.list",
             Endpoint::TenantGet => "billing.tenant.*.invoices.get",
             Endpoint::TenantPreview => "billing.tenant.*.invoices.preview",
+            // An extension of the contract: the admin cannot ask on a tenant's subject (its
+            // answer goes only to that tenant's inbox), so it previews on its own.
+            Endpoint::AdminPreview => "billing.admin.invoices.preview",
             Endpoint::Quote => "billing.quote",
             Endpoint::Health => "billing.admin.health",
             Endpoint::AdminRender => "billing.admin.invoices.render",
@@ -120,6 +125,9 @@ pub struct Ctx<'a> {
     pub relay: &'a Notify,
     /// The supplier on tax invoice documents; `None` when documents are not enabled.
     pub seller: Option<&'a Seller>,
+    /// Requests this replica refused to act on (their reply subject was not the asker's
+    /// inbox), reported by `billing.admin.health`.
+    pub requests_refused: u64,
 }
 
 fn to_value(v: impl serde::Serialize) -> Result<Value> {
@@ -174,10 +182,15 @@ pub async fn handle(ctx: &Ctx<'_>, ep: Endpoint, scope: &Scope, payload: &[u8]) 
             let req: PeriodRequest = wire::parse(payload)?;
             preview(ctx.pool, tenant, req.period_start, Utc::now()).await
         }
+        Endpoint::AdminPreview => {
+            let req: AdminPreviewRequest = wire::parse(payload)?;
+            let tenant = TenantId::parse(&req.tenant_id)?;
+            preview(ctx.pool, &tenant, req.period_start, Utc::now()).await
+        }
         Endpoint::Quote => quote_request(ctx.pool, wire::parse(payload)?, Utc::now()).await,
         Endpoint::Health => {
             let _: HealthRequest = wire::parse(payload)?;
-            Ok(health(ctx.pool).await)
+            Ok(health(ctx.pool, ctx.requests_refused).await)
         }
         Endpoint::AdminRender | Endpoint::TenantRender => render(ctx, scope, payload).await,
     }
@@ -190,7 +203,7 @@ struct HealthRequest {}
 /// Readiness, always answered (a probe wants the reasons, not an error): the database answers,
 /// the consumers and the relay run, and the outbox drains. The reply itself proves that NATS
 /// and the service work.
-async fn health(pool: &PgPool) -> Value {
+async fn health(pool: &PgPool, requests_refused: u64) -> Value {
     use crate::metrics::{self, Check, MAX_RELAY_LAG};
     let now = Utc::now();
     let started = std::time::Instant::now();
@@ -239,6 +252,7 @@ async fn health(pool: &PgPool) -> Value {
         "checks": checks,
         "outbox_backlog": backlog,
         "outbox_oldest_pending_seconds": lag,
+        "requests_refused": requests_refused,
     })
 }
 
@@ -342,6 +356,13 @@ async fn render(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
 
 #[derive(Deserialize)]
 struct PeriodRequest {
+    #[serde(default)]
+    period_start: Option<NaiveDate>,
+}
+
+#[derive(Deserialize)]
+struct AdminPreviewRequest {
+    tenant_id: String,
     #[serde(default)]
     period_start: Option<NaiveDate>,
 }

@@ -34,6 +34,9 @@ pub const RELAY_FAILURES: &str = "invoicer_relay_failures_total";
 pub const OUTBOX_BACKLOG: &str = "invoicer_outbox_backlog";
 /// Age of the oldest unpublished outbox event (0 when there is none).
 pub const OUTBOX_OLDEST: &str = "invoicer_outbox_oldest_pending_seconds";
+/// Requests the service refused to act on or answer, by `reason`: `reply_subject` (not an inbox
+/// of the scope that asked) or `no_reply`.
+pub const REQUESTS_REFUSED: &str = "invoicer_requests_refused_total";
 /// 1 when the worker would answer `billing.admin.health` with `ready: true`.
 pub const READY: &str = "invoicer_ready";
 
@@ -55,6 +58,10 @@ pub fn usage_stored(inserted: i64, late: i64) {
 
 pub fn usage_rejected(messages: u64) {
     metrics::counter!(USAGE_REJECTED).increment(messages);
+}
+
+pub fn request_refused(reason: &'static str) {
+    metrics::counter!(REQUESTS_REFUSED, "reason" => reason).increment(1);
 }
 
 pub fn relay_failures(n: usize) {
@@ -210,6 +217,10 @@ fn describe() {
         "Usage records stored for an already-invoiced period"
     );
     describe_counter!(USAGE_REJECTED, "Usage messages rejected as malformed");
+    describe_counter!(
+        REQUESTS_REFUSED,
+        "Requests refused because their reply subject was not the asker's inbox, by reason"
+    );
     describe_counter!(RELAY_FAILURES, "Outbox relay publish failures");
     describe_gauge!(OUTBOX_BACKLOG, "Outbox events not yet published");
     describe_gauge!(

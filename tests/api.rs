@@ -677,6 +677,23 @@ fn bad_cases(ep: Endpoint) -> Vec<(String, Value, &'static str)> {
                 BAD,
             ),
         ],
+        Endpoint::AdminPreview => vec![
+            c(
+                "missing tenant_id",
+                json!({"period_start": "2026-04-01"}),
+                BAD,
+            ),
+            c(
+                "tenant_id not a tenant id",
+                json!({"tenant_id": "acme corp"}),
+                BAD,
+            ),
+            c(
+                "month, not a date",
+                json!({"tenant_id": "acme", "period_start": "2026-04"}),
+                BAD,
+            ),
+        ],
         // It has no fields: only a body that is not an object is wrong.
         Endpoint::Health => vec![
             c("a list", json!([]), BAD),
@@ -893,9 +910,12 @@ async fn accepts_unknown_fields(env: &TestApp, ep: Endpoint, fx: &Fixture) {
                 "{what}: {v}"
             );
         }
-        Endpoint::TenantPreview => {
+        Endpoint::TenantPreview | Endpoint::AdminPreview => {
             let v = env
-                .ok(&subject, extra(json!({"period_start": "2026-04-01"})))
+                .ok(
+                    &subject,
+                    extra(json!({"tenant_id": "acme", "period_start": "2026-04-01"})),
+                )
                 .await;
             assert_eq!(
                 (v["tenant_id"].as_str(), v["status"].as_str()),
@@ -1211,6 +1231,7 @@ fn template(ep: Endpoint, invoice: &str) -> Value {
             json!({"id": invoice, "paid_at": "2026-05-10T00:00:00Z", "reason": "fuzz"})
         }
         Endpoint::RevenueSummary | Endpoint::TenantPreview => json!({"period_start": "2026-04-01"}),
+        Endpoint::AdminPreview => json!({"tenant_id": "acme", "period_start": "2026-04-01"}),
         Endpoint::Quote => json!({"plan": "studio", "addons": ["storage_50gb"],
             "usage": {"droplet_hours": "2160"}, "period_start": "2026-04-01",
             "active_from": "2026-04-01T00:00:00Z", "active_to": null, "tax_rate": "0.10"}),
@@ -1269,12 +1290,13 @@ fn check_success(ep: Endpoint, tenant: &str, v: &Value) -> Result<(), String> {
         Endpoint::RevenueSummary => {
             v["by_deployment"].is_array() && v["by_resource_kind"].is_array()
         }
-        Endpoint::TenantPreview | Endpoint::Quote => {
+        Endpoint::TenantPreview | Endpoint::AdminPreview | Endpoint::Quote => {
             let sums = v["subtotal_cents"].as_i64().zip(v["tax_cents"].as_i64());
             v["lines"].is_array()
                 && sums.is_some_and(|(s, t)| v["total_cents"].as_i64() == Some(s + t))
                 && (ep != Endpoint::TenantPreview
                     || (v["tenant_id"] == tenant && v["status"] == "preview"))
+                && (ep != Endpoint::AdminPreview || v["status"] == "preview")
         }
         Endpoint::Health => v["ready"].is_boolean() && v["checks"].is_array(),
         Endpoint::AdminRender | Endpoint::TenantRender => {

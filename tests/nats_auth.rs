@@ -282,14 +282,18 @@ async fn the_admin_calls_admin_subjects_and_reads_but_cannot_change_the_streams(
         (missing.code.as_str(), missing.status.as_deref()),
         ("not_found", Some("404"))
     );
-    // On a tenant's behalf, and the quote.
-    let on_behalf = call(
+    // A tenant's preview on the admin's own subject (the worker answers a tenant's subjects
+    // only on that tenant's inbox, so the admin may not publish them), and the quote.
+    let preview = call(
         &admin.client,
-        "billing.tenant.acme.invoices.list",
-        &json!({}),
+        "billing.admin.invoices.preview",
+        &json!({"tenant_id": "acme", "period_start": APRIL}),
     )
     .await;
-    assert_eq!(on_behalf.unwrap()["invoices"], json!([]));
+    assert_eq!(preview.unwrap()["total_cents"], 0);
+    admin
+        .requests_refused(&["billing.tenant.acme.invoices.list"])
+        .await;
     let quote = json!({"plan": "studio", "addons": ["storage_50gb"], "usage": {}});
     let quoted = call(&admin.client, "billing.quote", &quote).await.unwrap();
     assert_eq!(quoted["subtotal_cents"], 5750, "{quoted}");
@@ -709,5 +713,271 @@ async fn the_worker_adds_usage_rejected_to_an_older_events_stream_and_publishes_
         "{}",
         rejected[0]
     );
+    env.finish().await;
+}
+
+/// Where a hostile caller might aim the worker's answer (CONTRACT.md section 7, v3): the
+/// JetStream API of every stream (an answer is a valid purge or delete request), the
+/// scheduler's key-value bucket, the streams' own subjects (a preview answer is a valid rollup
+/// request) and the worker's internal work queue. No request may make the worker publish there.
+const AIMED_AT_THE_SYSTEM: &[&str] = &[
+    "$JS.API.STREAM.PURGE.BILLING_EVENTS",
+    "$JS.API.STREAM.PURGE.BILLING_ROLLUPS",
+    "$JS.API.STREAM.PURGE.METERING_USAGE",
+    "$JS.API.STREAM.PURGE.BILLING_WORK",
+    "$JS.API.STREAM.PURGE.KV_invoicer-scheduler",
+    "$JS.API.STREAM.DELETE.METERING_USAGE",
+    "$JS.API.CONSUMER.DELETE.BILLING_WORK.invoicer-work",
+    "$KV.invoicer-scheduler.state",
+    "billing.rollup.requested",
+    "billing.invoice.paid",
+    "billing.invoice.issued",
+    "billing.rollup.completed",
+    "metering.usage.recorded",
+    "billing.internal.rollup.work",
+    "forged.subject",
+];
+
+/// What the hostile requests could have damaged: every stream's messages and consumers, the
+/// scheduler's state, and the database's catalogue, invoices, runs and outbox.
+async fn system_state(env: &Env) -> Vec<String> {
+    let worker = env.user(&Role::Worker).await;
+    let scheduler = env.user(&role("scheduler")).await;
+    let mut state = Vec::new();
+    for (js, stream) in [
+        (worker.js(), "BILLING_EVENTS"),
+        (worker.js(), "BILLING_ROLLUPS"),
+        (worker.js(), "METERING_USAGE"),
+        (worker.js(), "BILLING_WORK"),
+        (scheduler.js(), "KV_invoicer-scheduler"),
+    ] {
+        let line = match js.get_stream(stream).await {
+            Ok(mut s) => {
+                let info = s.info().await.unwrap();
+                format!(
+                    "{stream}: {} messages, first {}, {} consumers",
+                    info.state.messages, info.state.first_sequence, info.state.consumer_count
+                )
+            }
+            Err(e) => format!("{stream}: {e}"),
+        };
+        state.push(line);
+    }
+    let kv = invoicer::bus::scheduler::StateStore::open(&scheduler.js())
+        .await
+        .unwrap()
+        .load()
+        .await;
+    state.push(format!("scheduler state: {kv:?}"));
+    for sql in [
+        "SELECT count(*) FROM tenants",
+        "SELECT count(*) FROM subscriptions",
+        "SELECT count(*) FROM rollup_runs",
+        "SELECT count(*) FROM outbox",
+        "SELECT count(*) FROM invoices WHERE status = 'issued'",
+        "SELECT count(*) FROM invoices",
+    ] {
+        state.push(format!("{sql}: {}", count(&env.db, sql).await));
+    }
+    state
+}
+
+/// How many requests the worker refused to answer, as it reports on `billing.admin.health`.
+async fn requests_refused(admin: &async_nats::Client) -> u64 {
+    let health = call(admin, "billing.admin.health", &json!({}))
+        .await
+        .unwrap();
+    health["requests_refused"].as_u64().unwrap_or(0)
+}
+
+in_both_modes!(a_reply_aimed_anywhere_but_the_askers_inbox_gets_no_reply_and_changes_nothing);
+async fn a_reply_aimed_anywhere_but_the_askers_inbox_gets_no_reply_and_changes_nothing(mode: Mode) {
+    let env = Env::start(mode).await;
+    let admin = &env.admin;
+    let deployment = Uuid::new_v4();
+
+    // An issued invoice, events in every stream and the scheduler's state, all worth attacking.
+    load_seed_catalog(&admin.client).await;
+    for tenant in ["acme", "globex"] {
+        call(
+            &admin.client,
+            "billing.admin.tenants.put",
+            &json!({"tenant_id": tenant}),
+        )
+        .await
+        .unwrap();
+    }
+    call(
+        &admin.client,
+        "billing.admin.subscriptions.put",
+        &json!({"id": Uuid::new_v4(), "tenant_id": "acme", "deployment_id": deployment,
+                "plan": "studio", "addons": [], "started_at": "2026-03-15T00:00:00Z"}),
+    )
+    .await
+    .unwrap();
+    let metering = env.user(&role("metering")).await;
+    let records: Vec<Value> = (1..=30)
+        .map(|day| {
+            json!({"event_id": Uuid::new_v4(), "deployment_id": deployment,
+                   "resource_kind": "droplet_hours", "quantity": "72",
+                   "occurred_at": format!("2026-04-{day:02}T00:00:00Z")})
+        })
+        .collect();
+    publish_usage(&metering.js(), &env.db, records, 30).await;
+    let scheduler = env.user(&role("scheduler")).await;
+    request_rollup(
+        &scheduler.js(),
+        &json!({"period_start": APRIL, "request_id": "april"}),
+        "rollup:2026-04",
+    )
+    .await
+    .unwrap();
+    assert_eq!(completed(&admin.js(), "april").await["invoices_issued"], 1);
+    invoicer::bus::scheduler::StateStore::open(&scheduler.js())
+        .await
+        .unwrap()
+        .create(&invoicer::schedule::State::initial(
+            None,
+            chrono::Utc::now(),
+        ))
+        .await
+        .unwrap();
+    wait_until("the outbox is drained", || async {
+        count(
+            &env.db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        )
+        .await
+            == 0
+    })
+    .await;
+    let invoice = live_invoice(&admin.client, "acme").await;
+    let id = invoice["id"].as_str().unwrap().to_string();
+    let before = system_state(&env).await;
+
+    // Every request subject a caller may publish, with a payload that would do its work.
+    let own = |what: &str| format!("billing.tenant.acme.{what}");
+    let tenant_asks: Vec<(String, Value)> = vec![
+        (own("invoices.list"), json!({})),
+        (own("invoices.get"), json!({"id": id})),
+        (own("invoices.preview"), json!({"period_start": APRIL})),
+        (own("invoices.render"), json!({"id": id})),
+    ];
+    let admin_asks: Vec<(String, Value)> = vec![
+        (
+            "billing.admin.plans.put".into(),
+            json!({"code": "forged", "name": "Forged", "currency": "AUD", "base_price": "1.00"}),
+        ),
+        (
+            "billing.admin.addons.put".into(),
+            json!({"code": "forged", "name": "Forged", "currency": "AUD", "price": "1.00"}),
+        ),
+        (
+            "billing.admin.tenants.put".into(),
+            json!({"tenant_id": "forged"}),
+        ),
+        (
+            "billing.admin.subscriptions.put".into(),
+            json!({"id": Uuid::new_v4(), "tenant_id": "globex", "deployment_id": Uuid::new_v4(), "plan": "studio", "addons": [], "started_at": "2026-03-15T00:00:00Z"}),
+        ),
+        ("billing.admin.invoices.list".into(), json!({})),
+        ("billing.admin.invoices.get".into(), json!({"id": id})),
+        (
+            "billing.admin.invoices.preview".into(),
+            json!({"tenant_id": "acme", "period_start": APRIL}),
+        ),
+        ("billing.admin.invoices.issue".into(), json!({"id": id})),
+        ("billing.admin.invoices.mark_paid".into(), json!({"id": id})),
+        (
+            "billing.admin.invoices.void".into(),
+            json!({"id": id, "reason": "forged"}),
+        ),
+        ("billing.admin.invoices.render".into(), json!({"id": id})),
+        (
+            "billing.admin.revenue.summary".into(),
+            json!({"period_start": APRIL}),
+        ),
+        ("billing.admin.health".into(), json!({})),
+    ];
+    // Any user may ask for a quote or discover the service: any inbox will do, nothing else.
+    let anyones_asks: Vec<(String, Value)> = vec![
+        (
+            "billing.quote".into(),
+            json!({"plan": "studio", "addons": [], "usage": {}}),
+        ),
+        ("$SRV.PING".into(), json!({})),
+        ("$SRV.INFO.invoicer".into(), json!({})),
+        ("$SRV.STATS".into(), json!({})),
+    ];
+    let mut acme = env.user(&role("acme")).await;
+    let mut hostile = 0u64;
+    let mut aim =
+        |client: async_nats::Client, asks: Vec<(String, Value)>, inboxes: Vec<&'static str>| {
+            hostile += (asks.len() * (AIMED_AT_THE_SYSTEM.len() + inboxes.len() + 1)) as u64;
+            async move {
+                for (subject, body) in asks {
+                    let body: bytes::Bytes = body.to_string().into();
+                    for reply in AIMED_AT_THE_SYSTEM.iter().chain(&inboxes) {
+                        client
+                            .publish_with_reply(subject.clone(), reply.to_string(), body.clone())
+                            .await
+                            .unwrap();
+                    }
+                    // A request with no reply subject is not a request: it changes nothing either.
+                    client.publish(subject.clone(), body.clone()).await.unwrap();
+                }
+                client.flush().await.unwrap();
+            }
+        };
+    // A tenant's own subjects, aimed at the system and at other scopes' inboxes.
+    aim(
+        acme.client.clone(),
+        tenant_asks,
+        vec![
+            "_INBOX_admin.stolen",
+            "_INBOX_tenant_globex.stolen",
+            "_INBOX_worker.stolen",
+        ],
+    )
+    .await;
+    // The quote (and discovery) may answer any inbox, but nothing else.
+    aim(acme.client.clone(), vec![anyones_asks[0].clone()], vec![]).await;
+    // The admin's subjects.
+    aim(
+        admin.client.clone(),
+        admin_asks,
+        vec!["_INBOX_tenant_acme.stolen"],
+    )
+    .await;
+    aim(admin.client.clone(), anyones_asks, vec![]).await;
+
+    // Every one is counted as refused, or the damage shows.
+    wait_for(
+        "the worker counts every hostile request as refused, or something changes",
+        Duration::from_secs(30),
+        || async {
+            let refused = requests_refused(&admin.client).await;
+            (refused >= hostile || system_state(&env).await != before).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        system_state(&env).await,
+        before,
+        "a hostile reply subject changed the system"
+    );
+    assert_eq!(
+        requests_refused(&admin.client).await,
+        hostile,
+        "every hostile request is counted as refused, once"
+    );
+    assert_eq!(live_invoice(&admin.client, "acme").await, invoice);
+
+    // Asked properly, on the asker's own inbox, everything still answers.
+    let mine = call(&acme.client, &own("invoices.list"), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(mine["invoices"][0]["id"], id.as_str());
+    assert_eq!(acme.violations.unexpected(), Vec::<String>::new());
     env.finish().await;
 }

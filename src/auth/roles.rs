@@ -109,9 +109,14 @@ impl Role {
                     "$JS.API.CONSUMER.CREATE.BILLING_WORK.invoicer-work",
                     "$JS.API.CONSUMER.MSG.NEXT.BILLING_WORK.invoicer-work",
                     "$JS.ACK.BILLING_WORK.invoicer-work.>",
-                    "billing.internal.>",
-                    // The outbox relay's events and the rollup progress.
-                    "billing.invoice.>",
+                    "billing.internal.rollup.work",
+                    // The outbox relay's events (exactly the subjects it publishes) and the
+                    // rollup progress. Replies go out under `allow_responses` alone, and only
+                    // to an inbox of the scope that asked (`may_answer`).
+                    "billing.invoice.issued",
+                    "billing.invoice.paid",
+                    "billing.invoice.voided",
+                    "billing.invoice.drafted",
                     "billing.rollup.completed",
                     "billing.rollup.rejected",
                     "billing.usage.late",
@@ -143,8 +148,9 @@ impl Role {
             Role::Metering => (vec!["metering.usage.recorded"], vec![&inbox], false),
             Role::Admin => (
                 vec![
+                    // Not `billing.tenant.>`: the worker answers a tenant's subject only on
+                    // that tenant's inbox, so the admin uses its own subjects.
                     "billing.admin.>",
-                    "billing.tenant.>",
                     "billing.quote",
                     "billing.rollup.requested",
                     "metering.usage.recorded",
@@ -214,6 +220,38 @@ pub fn inbox_prefix_allowed(subscribe: &[String]) -> Option<String> {
     match (inboxes.next(), inboxes.next()) {
         (Some(only), None) => Some(only.to_string()),
         _ => None,
+    }
+}
+
+/// The library default inbox prefix, which CONTRACT.md section 7 lets any scope reply on.
+const DEFAULT_INBOX: &str = "_INBOX";
+
+/// Whether the worker may answer a message received on `asked_on` by publishing to `reply`
+/// (CONTRACT.md section 7, v3): only on an inbox of the scope that asked, that is the client
+/// default `_INBOX.` or `_INBOX_tenant_<id>.` for a tenant's subjects, `_INBOX_admin.` for the
+/// admin's, and any `_INBOX` prefix for the quote and service discovery, which any user may
+/// ask. Anything else (a stream's subject, the JetStream API, a key-value bucket, another
+/// scope's inbox) is a caller trying to make the worker publish where it must not.
+pub fn may_answer(asked_on: &str, reply: &str) -> bool {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    let literal = tokens.len() >= 2
+        && tokens
+            .iter()
+            .all(|t| !t.is_empty() && *t != "*" && *t != ">" && !t.contains(char::is_whitespace));
+    if !literal {
+        return false;
+    }
+    let inbox = tokens[0];
+    if inbox == DEFAULT_INBOX {
+        return true;
+    }
+    let mut asked = asked_on.split('.');
+    match (asked.next(), asked.next(), asked.next()) {
+        (Some("billing"), Some("tenant"), Some(tenant)) => {
+            inbox.strip_prefix(TENANT_INBOX_PREFIX) == Some(tenant)
+        }
+        (Some("billing"), Some("admin"), _) => inbox == Role::Admin.inbox_prefix(),
+        _ => inbox.starts_with("_INBOX_"),
     }
 }
 
@@ -299,5 +337,47 @@ mod tests {
             inbox_prefix_allowed(&s(&["billing.>", "_INBOX_a.>"])).as_deref(),
             Some("_INBOX_a")
         );
+    }
+
+    #[test]
+    fn answers_go_only_to_an_inbox_of_the_scope_that_asked() {
+        let tenant = "billing.tenant.acme.invoices.list";
+        let admin = "billing.admin.invoices.void";
+        let anyone = ["billing.quote", "$SRV.PING", "$SRV.INFO.invoicer"];
+        let system = [
+            "$JS.API.STREAM.PURGE.BILLING_EVENTS",
+            "$KV.invoicer-scheduler.state",
+            "billing.rollup.requested",
+            "billing.invoice.paid",
+            "_INBOX",
+            "_INBOX.",
+            "_INBOX.*",
+            "_INBOX.>",
+            "_INBOX..x",
+            "_INBOX.a b",
+            "_INBOXES.x",
+            "",
+        ];
+        for asked_on in [tenant, admin].iter().chain(&anyone) {
+            assert!(may_answer(asked_on, "_INBOX.abc.1"), "{asked_on}");
+            for reply in system {
+                assert!(!may_answer(asked_on, reply), "{asked_on} -> {reply:?}");
+            }
+        }
+        assert!(may_answer(tenant, "_INBOX_tenant_acme.x.1"));
+        for other in [
+            "_INBOX_tenant_globex.x",
+            "_INBOX_admin.x",
+            "_INBOX_tenant_acmee.x",
+        ] {
+            assert!(!may_answer(tenant, other), "{other}");
+        }
+        assert!(may_answer(admin, "_INBOX_admin.x.1"));
+        assert!(!may_answer(admin, "_INBOX_tenant_acme.x"));
+        assert!(!may_answer(admin, "_INBOX_worker.x"));
+        for asked_on in anyone {
+            assert!(may_answer(asked_on, "_INBOX_tenant_acme.x"));
+            assert!(may_answer(asked_on, "_INBOX_admin.x"));
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod ack;
 pub mod drafts;
+pub mod micro;
 pub mod relay;
 pub mod rollups;
 pub mod scheduler;
