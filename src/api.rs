@@ -253,6 +253,8 @@ async fn health(pool: &PgPool, requests_refused: u64) -> Value {
         "outbox_backlog": backlog,
         "outbox_oldest_pending_seconds": lag,
         "requests_refused": requests_refused,
+        // Which installation this worker bills into (`invoicer demo` checks it is its own).
+        "database": pool.connect_options().get_database(),
     })
 }
 

@@ -11,6 +11,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/invoicer";
+/// The demo's own database: never the worker's default, so a demo on a machine that also runs
+/// invoicer for real cannot bill into it.
+pub const DEFAULT_DEMO_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/invoicer_demo";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Published outbox rows are kept at least this long: beyond the events stream's duplicate
 /// window, so a pruned event can never be published twice unnoticed.
@@ -36,6 +39,25 @@ pub struct DbArgs {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
+}
+
+/// `invoicer demo`'s database: as [`DbArgs`], with its own default.
+#[derive(Debug, Clone, Args)]
+pub struct DemoDbArgs {
+    /// PostgreSQL URL of the demo's own database (created if missing). Not the worker's
+    /// default database: the demo never writes into a real installation unless told to.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DEMO_DATABASE_URL,
+          value_parser = database_url)]
+    pub database_url: String,
+}
+
+impl DemoDbArgs {
+    pub fn db_args(&self) -> DbArgs {
+        DbArgs {
+            database_url: self.database_url.clone(),
+            database_max_connections: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

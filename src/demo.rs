@@ -52,10 +52,13 @@ pub fn seed_usage() -> Vec<Value> {
 }
 
 pub async fn run(db: &DbArgs, nats: &NatsArgs) -> anyhow::Result<()> {
+    let database = database_name(&db.database_url)?;
+    println!("Demo database: {database}.");
     let client = crate::bus::connect(nats, "invoicer-demo").await?;
     let js = jetstream::new(client.clone());
     let worker = if worker_running(&client).await {
-        println!("Using the running invoicer worker.");
+        check_running_worker(&client, &database).await?;
+        println!("Using the running invoicer worker (its database is {database}).");
         None
     } else if nats.nats_user.is_some() || nats.nats_creds.is_some() {
         // Under nats.conf only the worker user may consume the streams and serve requests.
@@ -63,6 +66,7 @@ pub async fn run(db: &DbArgs, nats: &NatsArgs) -> anyhow::Result<()> {
             "no invoicer worker answered $SRV.PING: start `invoicer run` as the worker user first"
         );
     } else {
+        check_nothing_pending(&js).await?;
         println!("No invoicer worker answered $SRV.PING; starting one in this process.");
         let stop = CancellationToken::new();
         let (db, nats, token) = (db.clone(), nats.clone(), stop.clone());
@@ -78,6 +82,61 @@ pub async fn run(db: &DbArgs, nats: &NatsArgs) -> anyhow::Result<()> {
         handle.await.context("worker task")??;
     }
     result
+}
+
+fn database_name(url: &str) -> anyhow::Result<String> {
+    let options: sqlx::postgres::PgConnectOptions =
+        url.parse().context("the demo's DATABASE_URL")?;
+    Ok(options.get_database().unwrap_or("postgres").to_string())
+}
+
+/// A worker already running on this NATS bills into its own database: the demo uses it only if
+/// that is the demo's database, so a demo never adds tenant `pilot` to a real installation.
+async fn check_running_worker(client: &async_nats::Client, database: &str) -> anyhow::Result<()> {
+    let health = call(client, "billing.admin.health", &json!({}))
+        .await
+        .context("asking the running worker which database it uses")?;
+    match health["database"].as_str() {
+        Some(theirs) if theirs == database => Ok(()),
+        theirs => bail!(
+            "an invoicer worker is already running on this NATS server with database {}; the \
+             demo would bill its scenario into it. Run the demo against a NATS server with no \
+             worker (it starts its own on database {database}), or run that worker on \
+             {database}",
+            theirs.unwrap_or("(not reported)")
+        ),
+    }
+}
+
+/// The demo's in-process worker joins the worker's durable consumers: messages they hold for a
+/// real worker that is down (usage, rollup requests) would be taken into the demo's database.
+async fn check_nothing_pending(js: &jetstream::Context) -> anyhow::Result<()> {
+    use crate::bus::{
+        ROLLUPS_CONSUMER, ROLLUPS_STREAM, USAGE_CONSUMER, USAGE_STREAM, WORK_CONSUMER, WORK_STREAM,
+    };
+    for (stream, consumer) in [
+        (USAGE_STREAM, USAGE_CONSUMER),
+        (ROLLUPS_STREAM, ROLLUPS_CONSUMER),
+        (WORK_STREAM, WORK_CONSUMER),
+    ] {
+        let Ok(mut stream) = js.get_stream(stream).await else {
+            continue;
+        };
+        // Without the consumer yet, the one the demo's worker creates delivers every message.
+        let waiting = match stream.consumer_info(consumer).await {
+            Ok(info) => info.num_pending + info.num_ack_pending as u64,
+            Err(_) => stream.info().await?.state.messages,
+        };
+        if waiting > 0 {
+            bail!(
+                "the NATS server holds {waiting} message(s) on {} that no worker has handled \
+                 yet; the demo's own worker would take them into the demo's database. Start \
+                 the real worker to handle them, or run the demo against another NATS server",
+                stream.cached_info().config.name
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_worker(client: &async_nats::Client) -> anyhow::Result<()> {

@@ -144,7 +144,7 @@ enum Command {
     /// The seed scenario end to end on the local services, printing the invoice.
     Demo {
         #[command(flatten)]
-        db: DbArgs,
+        db: crate::config::DemoDbArgs,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -273,7 +273,7 @@ impl Cli {
                 nats,
             } => health::run(&nats, std::time::Duration::from_secs(timeout), json).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
-            Command::Demo { db, nats } => crate::demo::run(&db, &nats).await,
+            Command::Demo { db, nats } => crate::demo::run(&db.db_args(), &nats).await,
             Command::Bench(args) => crate::bench::run(&args).await,
             Command::Auth { command } => auth::run(command).await,
             Command::Outbox { command, db } => outbox::run(&db, command).await,

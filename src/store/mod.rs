@@ -60,14 +60,34 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
         Err(e) => return Err(e.into()),
     }
     let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    // Replicas starting together on a fresh installation race here, and PostgreSQL reports a
+    // concurrent CREATE DATABASE of the same name not only as "already exists" (42P04) but, while
+    // the other's is not yet committed, as a unique violation on pg_database (23505). So they
+    // take turns on an advisory lock (released when this session ends) and look again.
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(format!("invoicer: create database {name}"))
+        .execute(&mut admin)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if exists {
+        return Ok(());
+    }
     let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
     match sqlx::query(&sql).execute(&mut admin).await {
         Ok(_) => {
             tracing::info!(database = %name, "created database");
             Ok(())
         }
-        // Another replica created it first.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        // Created by a process that does not take the lock (an operator, an older version).
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e.into()),
     }
 }
