@@ -269,14 +269,18 @@ pub struct Totals {
 }
 
 pub async fn totals(db: &mut PgConnection, key: &str) -> Result<Totals> {
+    // The failures are gathered apart: joined to the items, an item's counts would be summed
+    // once per failure it lists.
     let row = sqlx::query(
         "SELECT count(*) FILTER (WHERE done_at IS NULL) AS remaining,
                 coalesce(sum(tenant_count) FILTER (WHERE done_at IS NOT NULL), 0)::bigint AS done,
                 coalesce(sum(invoices_issued), 0)::int AS issued,
                 coalesce(sum(invoices_drafted), 0)::int AS drafted,
                 coalesce(sum(invoices_skipped), 0)::int AS skipped,
-                coalesce(jsonb_agg(f ORDER BY item_no) FILTER (WHERE f IS NOT NULL), '[]') AS failed
-         FROM rollup_items LEFT JOIN LATERAL jsonb_array_elements(tenants_failed) f ON true
+                (SELECT coalesce(jsonb_agg(f.v ORDER BY i.item_no, f.n), '[]')
+                 FROM rollup_items i, jsonb_array_elements(i.tenants_failed) WITH ORDINALITY f(v, n)
+                 WHERE i.request_id = $1) AS failed
+         FROM rollup_items
          WHERE request_id = $1",
     )
     .bind(key)
