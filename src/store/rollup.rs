@@ -29,7 +29,8 @@ pub struct TenantFailure {
 }
 
 /// A rollup as first requested: its parameters are fixed by the first delivery, so a repeat
-/// (or a reused `request_id`) is the same run.
+/// (a redelivery, or its `request_id` again) is the same run; the same `request_id` with other
+/// parameters is refused (`rollup::plan`).
 #[derive(Debug, Clone)]
 pub struct Run {
     pub key: String,
