@@ -520,7 +520,7 @@ pub async fn preview(
     let mut tx = pool.begin().await?;
     let tenant = store::catalog::tenant(&mut *tx, tenant_id)
         .await?
-        .unwrap_or_else(|| Tenant::with_defaults(tenant_id.clone()));
+        .ok_or_else(|| store::catalog::unknown_tenant(tenant_id))?;
     let ids = vec![tenant_id.to_string()];
     let subs = store::rollup::subscriptions(&mut tx, &ids, period).await?;
     let mut usage = store::rollup::usage(&mut tx, &ids, period).await?;

@@ -821,6 +821,8 @@ async fn accepts_unknown_fields(env: &TestApp, ep: Endpoint, fx: &Fixture) {
             );
         }
         Endpoint::SubscriptionsPut => {
+            // A subscription never creates its tenant.
+            env.tenant("initech").await;
             let id = Uuid::new_v4();
             let body = extra(
                 json!({"id": id, "tenant_id": "initech", "deployment_id": Uuid::new_v4(),

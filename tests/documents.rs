@@ -32,8 +32,11 @@ trait Documents {
 }
 
 impl Documents for TestApp {
-    /// A tenant on plan Studio with the seed add-on, on `deployment`, from March 2026.
+    /// A tenant on plan Studio with the seed add-on, on `deployment`, from March 2026 (the
+    /// tenant is created first if new; an existing one is kept as it is).
     async fn subscribe(&self, tenant: &str, deployment: Uuid) {
+        self.ok("billing.admin.tenants.put", json!({ "tenant_id": tenant }))
+            .await;
         self.ok(
             "billing.admin.subscriptions.put",
             json!({"id": Uuid::new_v4(), "tenant_id": tenant, "deployment_id": deployment,

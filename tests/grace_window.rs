@@ -556,6 +556,12 @@ async fn a_plan_change_at_noon_on_the_16th_bills_15_days_on_each_plan() {
     load_seed_catalog(&client).await;
     admin(
         &client,
+        "billing.admin.tenants.put",
+        json!({"tenant_id": "acme"}),
+    )
+    .await;
+    admin(
+        &client,
         "billing.admin.plans.put",
         json!({"code": "pro", "name": "Pro", "currency": "AUD", "base_price": "90.00",
                "included": {"droplet_hours": "1488"}, "overage": {"droplet_hours": {"unit_price": "0.01"}}}),

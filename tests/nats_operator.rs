@@ -360,12 +360,19 @@ async fn a_thousand_tenants_each_read_only_their_own_invoice() {
     let issuing = started.elapsed();
     eprintln!("issued {TENANTS} tenant credentials in {issuing:?}");
 
-    // One subscription each (tenants are created with it), then April's rollup.
+    // Each tenant and one subscription, then April's rollup.
     load_seed_catalog(&admin.client).await;
     futures::stream::iter(&ids)
         .for_each_concurrent(16, |id| {
             let client = admin.client.clone();
             async move {
+                call(
+                    &client,
+                    "billing.admin.tenants.put",
+                    &json!({ "tenant_id": id }),
+                )
+                .await
+                .unwrap();
                 call(
                     &client,
                     "billing.admin.subscriptions.put",

@@ -575,6 +575,13 @@ async fn catalog_admin_rejects_bad_input() {
     let app = TestApp::with_worker().await;
     let client = app.client.clone();
     load_seed_catalog(&client).await;
+    // An existing tenant, so that each subscription below is refused for its own fault.
+    admin(
+        &client,
+        "billing.admin.tenants.put",
+        json!({"tenant_id": "acme"}),
+    )
+    .await;
     let bad = [
         (
             "billing.admin.plans.put",

@@ -1,7 +1,7 @@
 //! The one place an outcome becomes a JetStream ack kind, and the helpers that settle a message.
 //!
-//! Malformed input is terminated (and a rollup request answered with `billing.rollup.rejected`),
-//! transient failures are nak'd with a growing delay, and everything is acked only after its
+//! Malformed input, or a request in conflict with what is stored, is terminated (and a rollup
+//! request answered with `billing.rollup.rejected`), transient failures are nak'd with a growing delay, and everything is acked only after its
 //! transaction commits.
 
 use crate::error::Error;
@@ -43,7 +43,9 @@ impl RetryWindow {
 pub fn ack_for(result: Result<(), &Error>, delivered: i64) -> AckKind {
     match result {
         Ok(()) => AckKind::Ack,
-        Err(Error::BadRequest(_)) => AckKind::Term,
+        // Neither the input nor the state it conflicts with (a request_id used by another
+        // request) changes by waiting.
+        Err(Error::BadRequest(_) | Error::Conflict(_)) => AckKind::Term,
         Err(Error::Internal(_)) if delivered >= MAX_INTERNAL_ATTEMPTS => AckKind::Term,
         Err(_) => AckKind::Nak(Some(backoff(delivered))),
     }
@@ -179,6 +181,8 @@ mod tests {
     fn each_error_class_has_one_ack_kind() {
         assert!(matches!(ack_for(Ok(()), 1), AckKind::Ack));
         assert!(matches!(ack_for(Err(&Error::bad("x")), 1), AckKind::Term));
+        let conflict = Error::Conflict("request_id reused".into());
+        assert!(matches!(ack_for(Err(&conflict), 1), AckKind::Term));
         let transient = Error::Transient("db".into());
         assert!(matches!(ack_for(Err(&transient), 9), AckKind::Nak(Some(_))));
         let internal = Error::Internal("x".into());

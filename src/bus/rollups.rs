@@ -139,7 +139,11 @@ impl RollupConsumer {
                 settle(msg, AckKind::Nak(Some(delay))).await
             }
             None if matches!(kind, AckKind::Term) => {
-                tracing::error!(error = %e, "planning the rollup failed for good");
+                if matches!(e, Error::BadRequest(_) | Error::Conflict(_)) {
+                    tracing::warn!(error = %e, "rollup request refused");
+                } else {
+                    tracing::error!(error = %e, "planning the rollup failed for good");
+                }
                 self.reject(msg, seq, &e.to_string()).await
             }
             None => {
@@ -155,7 +159,8 @@ impl RollupConsumer {
 
     /// Plans the run (first delivery) and queues its pending items.
     async fn dispatch(&self, key: &str, req: &RollupRequest) -> Result<(), Error> {
-        let planned = crate::rollup::plan(&self.pool, key, req, self.batch_size).await?;
+        let planned =
+            crate::rollup::plan(&self.pool, key, req, self.batch_size, chrono::Utc::now()).await?;
         self.relay.notify_one();
         if planned.created {
             let progress = json!({"request_id": key, "tenants_done": 0,

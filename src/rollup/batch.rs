@@ -13,11 +13,13 @@ use super::Action;
 use crate::catalog::{Catalog, Tenant};
 use crate::error::Result;
 use crate::invoice::{format_number, Invoice, Line, Status};
+use crate::period::Period;
 use crate::quote::{quote_tenant, MeteredSubscription};
+use crate::store::catalog;
+use crate::store::invoices::{self, Overlap};
 use crate::store::outbox;
 use crate::store::outbox::Event;
 use crate::store::rollup::{self as q, BatchCounts, TenantFailure};
-use crate::store::{catalog, invoices};
 use crate::wire::RollupRequest;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -47,6 +49,7 @@ pub async fn run(
         .filter_map(|e| e.live.filter(|l| l.1 == Status::Draft).map(|l| l.0))
         .collect();
     let open_windows = crate::store::grace::windows(tx, &drafts).await?;
+    let overlaps = invoices::overlapping(tx, tenant_ids, req.period).await?;
     clock.lap("lock");
     let subs = q::subscriptions(tx, tenant_ids, req.period).await?;
     clock.lap("subscriptions");
@@ -73,6 +76,13 @@ pub async fn run(
     }
     let mut plan = BatchPlan::default();
     for tenant in &tenants {
+        if let Some(other) = overlaps.get(tenant.id.as_str()) {
+            plan.counts.failed.push(TenantFailure {
+                tenant_id: tenant.id.to_string(),
+                reason: overlap_reason(req.period, other),
+            });
+            continue;
+        }
         let found = existing
             .get(tenant.id.as_str())
             .copied()
@@ -95,6 +105,20 @@ pub async fn run(
     plan.write(tx, key, now, &mut clock).await?;
     tracing::debug!(tenants = tenant_ids.len(), phases = %clock, "batch written");
     Ok(plan.counts)
+}
+
+/// Why a tenant is not billed for `period`: one of its live invoices, for another period, already
+/// bills some of its days (CONTRACT.md section 5, v3). A draft has no number yet: its id names it.
+fn overlap_reason(period: Period, other: &Overlap) -> String {
+    let invoice = match &other.number {
+        Some(number) => format!("invoice {number}"),
+        None => format!("draft invoice {}", other.id),
+    };
+    format!(
+        "{period} overlaps {invoice} for {} ({}): no two live invoices of a tenant may share a day",
+        other.period,
+        other.status.as_str()
+    )
 }
 
 /// Where a batch's time goes, logged at debug level: the cheap profiler that told us the

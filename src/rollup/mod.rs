@@ -25,7 +25,7 @@ use crate::store::invoices::Existing;
 use crate::store::outbox::{self, Event};
 use crate::store::rollup::{self as q, BatchCounts, Run, TenantFailure};
 use crate::wire::RollupRequest;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -102,15 +102,21 @@ pub struct Planned {
 }
 
 /// Records the run and its items on first sight; on a repeat, returns what is left to do. A run
-/// with no tenants at all completes here.
+/// with no tenants at all completes here. `now` is the worker's clock: a period that has not
+/// ended yet is refused unless the request is a `draft` run (CONTRACT.md section 5, v3).
 pub async fn plan(
     pool: &PgPool,
     key: &str,
     req: &RollupRequest,
     batch_size: i64,
+    now: DateTime<Utc>,
 ) -> Result<Planned> {
+    check_ended(req, now)?;
     let mut tx = pool.begin().await?;
     let (run, created) = q::plan(&mut tx, key, req, batch_size).await?;
+    if !created {
+        check_same_request(key, &run, req)?;
+    }
     tx.commit().await?;
     if created {
         tracing::info!(request_id = key, period = %run.request.period, tenants = run.tenants_total,
@@ -125,6 +131,65 @@ pub async fn plan(
         created,
         pending,
     })
+}
+
+/// A rollup issues tax invoices only for periods that are over: an unfinished month would be
+/// billed short, a future one for nothing. The scheduler asks for the month just ended after
+/// its last midnight, so `period_end` may be now but not later. A `draft` run may look at a
+/// month so far: its drafts are issued only by an admin, recomputed then.
+pub fn check_ended(req: &RollupRequest, now: DateTime<Utc>) -> Result<()> {
+    if req.draft || req.period.end_at() <= now {
+        return Ok(());
+    }
+    Err(Error::bad(format!(
+        "period has not ended: {} ends at {}, and only a draft run may ask for it before then",
+        req.period,
+        req.period
+            .end_at()
+            .to_rfc3339_opts(SecondsFormat::Secs, true)
+    )))
+}
+
+/// A repeat of a planned run (a redelivery, or the same `request_id` again) must ask for what the
+/// run was planned with: with other parameters it is a different request under a used name, and
+/// running it as the old one would report the old run's outcome for something never done.
+fn check_same_request(key: &str, run: &Run, req: &RollupRequest) -> Result<()> {
+    let planned = &run.request;
+    let same = planned.period == req.period
+        && planned.force == req.force
+        && planned.draft == req.draft
+        && planned.tenant_ids == req.tenant_ids;
+    if same {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "request_id {key:?} is already the rollup request of {} (received {}); this one asks for {}: \
+         a request_id may only repeat the same request",
+        describe(planned),
+        run.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        describe(req)
+    )))
+}
+
+/// A request's parameters, as a person reads them: `2026-04, force, 3 tenants (acme, ...)`.
+fn describe(req: &RollupRequest) -> String {
+    const NAMED: usize = 5;
+    let mut out = req.period.to_string();
+    if req.force {
+        out.push_str(", force");
+    }
+    if req.draft {
+        out.push_str(", draft");
+    }
+    match &req.tenant_ids {
+        None => out.push_str(", every tenant"),
+        Some(ids) => {
+            let named: Vec<&str> = ids.iter().take(NAMED).map(|t| t.as_str()).collect();
+            let more = if ids.len() > NAMED { ", ..." } else { "" };
+            out.push_str(&format!(", tenants {}{more}", named.join(", ")));
+        }
+    }
+    out
 }
 
 /// How a delivery of a work item ended.
@@ -350,6 +415,51 @@ mod tests {
             tenant_ids: None,
             draft,
             request_id: None,
+        }
+    }
+
+    #[test]
+    fn only_a_period_that_has_ended_is_billed_and_a_draft_run_may_look_earlier() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let april = req(false, false);
+        // The scheduler's firing for April: 03:00 on May 1; and May 1's midnight itself.
+        assert!(check_ended(&april, at("2026-05-01T03:00:00Z")).is_ok());
+        assert!(check_ended(&april, at("2026-05-01T00:00:00Z")).is_ok());
+        let early = check_ended(&april, at("2026-04-30T23:59:59Z")).unwrap_err();
+        assert!(matches!(early, Error::BadRequest(_)), "{early:?}");
+        assert!(
+            early.to_string().starts_with("period has not ended"),
+            "{early}"
+        );
+        assert!(check_ended(&req(true, false), at("2026-04-15T00:00:00Z")).is_err());
+        assert!(check_ended(&req(false, true), at("2026-04-15T00:00:00Z")).is_ok());
+    }
+
+    #[test]
+    fn a_request_id_repeats_only_the_request_it_was_first_used_for() {
+        let run = Run {
+            key: "month-end".into(),
+            request: req(false, false),
+            started_at: Utc::now(),
+            completed: true,
+            tenants_total: 1,
+            items_total: 2,
+            failed: vec![],
+            unbilled_deployments: Some(0),
+        };
+        assert!(check_same_request("month-end", &run, &req(false, false)).is_ok());
+        let mut march = req(false, false);
+        march.period = Period::parse_month("2026-03").unwrap();
+        let mut some = req(false, false);
+        some.tenant_ids = Some(vec![crate::catalog::TenantId::parse("acme").unwrap()]);
+        for other in [req(true, false), req(false, true), march, some] {
+            let e = check_same_request("month-end", &run, &other).unwrap_err();
+            assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+            let reason = e.to_string();
+            assert!(
+                reason.contains("\"month-end\"") && reason.contains("2026-04, every tenant"),
+                "{reason}"
+            );
         }
     }
 

@@ -81,6 +81,14 @@ pub async fn put_tenant(pool: &PgPool, t: &TenantPut) -> Result<Tenant> {
     tenant_from_row(&row)
 }
 
+/// The answer to a request naming a tenant that `tenants.put` never created.
+pub fn unknown_tenant(id: &TenantId) -> Error {
+    Error::NotFound(format!(
+        "unknown tenant {:?} (create it with billing.admin.tenants.put first)",
+        id.as_str()
+    ))
+}
+
 pub async fn tenant(db: impl PgExecutor<'_>, id: &TenantId) -> Result<Option<Tenant>> {
     sqlx::query("SELECT * FROM tenants WHERE tenant_id = $1")
         .bind(id.as_str())
@@ -143,10 +151,20 @@ pub async fn put_addon(pool: &PgPool, a: &Addon) -> Result<()> {
     Ok(())
 }
 
-/// Upserts a subscription with its add-ons. The plan and add-ons must exist, and a deployment
-/// may not have two subscriptions whose windows overlap (usage must have one owner).
+/// Upserts a subscription with its add-ons. The tenant, the plan and the add-ons must exist, and
+/// a deployment may not have two subscriptions whose windows overlap (usage must have one owner).
+/// A subscription never creates its tenant (CONTRACT.md section 3, v3): a typo in a tenant id
+/// would otherwise be a new tenant, billed every month.
 pub async fn put_subscription(pool: &PgPool, s: &Subscription) -> Result<()> {
     let mut tx = pool.begin().await?;
+    let tenant_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
+            .bind(s.tenant_id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+    if !tenant_exists {
+        return Err(unknown_tenant(&s.tenant_id));
+    }
     // Serialise puts for one deployment so the overlap check below cannot race.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
         .bind(s.deployment_id)
@@ -184,10 +202,6 @@ pub async fn put_subscription(pool: &PgPool, s: &Subscription) -> Result<()> {
             s.deployment_id
         )));
     }
-    sqlx::query("INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(s.tenant_id.as_str())
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
         "INSERT INTO subscriptions (id, tenant_id, deployment_id, plan_code, started_at, ended_at)
          VALUES ($1, $2, $3, $4, $5, $6)

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::invoice::{format_number, Invoice, Line, LineKind, QuoteLine, Status};
+use crate::period::Period;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -305,6 +306,60 @@ pub async fn lock_existing(
         if status != Status::Void {
             e.live = Some((row.try_get("id")?, status));
         }
+    }
+    Ok(out)
+}
+
+/// A tenant's live invoice for another period that shares days with the one being billed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlap {
+    pub id: Uuid,
+    pub number: Option<String>,
+    pub period: Period,
+    pub status: Status,
+}
+
+/// Of the tenants (locked by the caller), those with a live invoice for a period other than
+/// `period` that shares a day with it, and that invoice. No two live invoices of a tenant may
+/// share a day (`invoices_live_periods_disjoint` refuses it); a batch asks first so that such a
+/// tenant fails alone instead of failing its batch. Because a tenant's live invoices are
+/// disjoint, their ends follow the order of their starts: only the one starting last before
+/// `period` ends can reach into it, so each tenant costs one backward probe of
+/// `invoices_one_live_per_period`, however long its history.
+pub async fn overlapping(
+    db: &mut PgConnection,
+    tenants: &[String],
+    period: Period,
+) -> Result<HashMap<String, Overlap>> {
+    let rows = sqlx::query(
+        "SELECT t.tenant_id, i.id, i.number, i.period_start, i.period_end, i.status
+         FROM unnest($1::text[]) AS t(tenant_id)
+         CROSS JOIN LATERAL (
+           SELECT id, number, period_start, period_end, status FROM invoices
+           WHERE tenant_id = t.tenant_id AND status <> 'void' AND period_start < $3
+           ORDER BY period_start DESC LIMIT 1) i
+         WHERE i.period_end > $2 AND (i.period_start, i.period_end) <> ($2, $3)",
+    )
+    .bind(tenants)
+    .bind(period.start)
+    .bind(period.end)
+    .fetch_all(db)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let status: &str = row.try_get("status")?;
+        let stored = Period::new(row.try_get("period_start")?, row.try_get("period_end")?)
+            .map_err(|e| Error::internal(format!("stored invoice period: {e}")))?;
+        out.insert(
+            row.try_get("tenant_id")?,
+            Overlap {
+                id: row.try_get("id")?,
+                number: row.try_get::<Option<i64>, _>("number")?.map(format_number),
+                period: stored,
+                status: Status::parse(status)
+                    .ok_or_else(|| Error::internal(format!("unknown status {status}")))?,
+            },
+        );
     }
     Ok(out)
 }

@@ -29,7 +29,8 @@ pub struct TenantFailure {
 }
 
 /// A rollup as first requested: its parameters are fixed by the first delivery, so a repeat
-/// (or a reused `request_id`) is the same run.
+/// (a redelivery, or its `request_id` again) is the same run; the same `request_id` with other
+/// parameters is refused (`rollup::plan`).
 #[derive(Debug, Clone)]
 pub struct Run {
     pub key: String,
@@ -38,7 +39,7 @@ pub struct Run {
     pub completed: bool,
     pub tenants_total: i64,
     pub items_total: i64,
-    /// Requested tenants that have no subscription in the period.
+    /// Requested tenants with nothing to bill: unknown, or no subscription in the period.
     pub failed: Vec<TenantFailure>,
     /// Set by the [`UNBILLED_ITEM`] once done.
     pub unbilled_deployments: Option<i64>,
@@ -132,14 +133,7 @@ pub async fn plan(
         .bind(UNBILLED_ITEM)
         .execute(&mut *db)
         .await?;
-        let missing: Vec<TenantFailure> = requested_without_subscription(db, req)
-            .await?
-            .into_iter()
-            .map(|tenant_id| TenantFailure {
-                tenant_id,
-                reason: format!("no subscription active in {}", req.period),
-            })
-            .collect();
+        let missing = requested_but_not_billable(db, req).await?;
         sqlx::query(
             "UPDATE rollup_runs SET tenants_failed = $2,
                items_total = (SELECT count(*) FROM rollup_items WHERE request_id = $1),
@@ -269,14 +263,18 @@ pub struct Totals {
 }
 
 pub async fn totals(db: &mut PgConnection, key: &str) -> Result<Totals> {
+    // The failures are gathered apart: joined to the items, an item's counts would be summed
+    // once per failure it lists.
     let row = sqlx::query(
         "SELECT count(*) FILTER (WHERE done_at IS NULL) AS remaining,
                 coalesce(sum(tenant_count) FILTER (WHERE done_at IS NOT NULL), 0)::bigint AS done,
                 coalesce(sum(invoices_issued), 0)::int AS issued,
                 coalesce(sum(invoices_drafted), 0)::int AS drafted,
                 coalesce(sum(invoices_skipped), 0)::int AS skipped,
-                coalesce(jsonb_agg(f ORDER BY item_no) FILTER (WHERE f IS NOT NULL), '[]') AS failed
-         FROM rollup_items LEFT JOIN LATERAL jsonb_array_elements(tenants_failed) f ON true
+                (SELECT coalesce(jsonb_agg(f.v ORDER BY i.item_no, f.n), '[]')
+                 FROM rollup_items i, jsonb_array_elements(i.tenants_failed) WITH ORDINALITY f(v, n)
+                 WHERE i.request_id = $1) AS failed
+         FROM rollup_items
          WHERE request_id = $1",
     )
     .bind(key)
@@ -400,17 +398,20 @@ pub async fn unbilled_deployments(db: &mut PgConnection, period: Period) -> Resu
     .await?)
 }
 
-/// Of the requested tenants, those with no subscription active in the period.
-async fn requested_without_subscription(
+/// Of the requested tenants, those the rollup has nothing to bill for, and why: a tenant that
+/// `tenants.put` never created (a typo: CONTRACT.md section 5, v3), or one with no subscription
+/// active in the period.
+async fn requested_but_not_billable(
     db: &mut PgConnection,
     req: &RollupRequest,
-) -> Result<Vec<String>> {
+) -> Result<Vec<TenantFailure>> {
     let Some(ids) = &req.tenant_ids else {
         return Ok(vec![]);
     };
     let ids: Vec<&str> = ids.iter().map(TenantId::as_str).collect();
-    Ok(sqlx::query_scalar(
-        "SELECT t FROM unnest($1::text[]) AS t WHERE NOT EXISTS (
+    let rows: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT t, EXISTS (SELECT 1 FROM tenants WHERE tenant_id = t)
+         FROM unnest($1::text[]) AS t WHERE NOT EXISTS (
            SELECT 1 FROM subscriptions s WHERE s.tenant_id = t
              AND s.started_at < $2 AND (s.ended_at IS NULL OR s.ended_at > $3))
          ORDER BY t",
@@ -419,5 +420,16 @@ async fn requested_without_subscription(
     .bind(req.period.end_at())
     .bind(req.period.start_at())
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(tenant_id, known)| TenantFailure {
+            tenant_id,
+            reason: if known {
+                format!("no subscription active in {}", req.period)
+            } else {
+                "unknown tenant".to_string()
+            },
+        })
+        .collect())
 }

@@ -125,9 +125,16 @@ pub async fn load_seed_catalog(client: &async_nats::Client) {
     admin(client, "billing.admin.addons.put", addon).await;
 }
 
-/// Subscribes `deployment` of `tenant` (created if new) to Studio with storage_50gb from
-/// 2026-01-01.
+/// Subscribes `deployment` of `tenant` to Studio with storage_50gb from 2026-01-01, creating
+/// the tenant first if it is new (`tenants.put` with no other field keeps an existing one as it
+/// is): a subscription never creates its tenant.
 pub async fn subscribe(client: &async_nats::Client, tenant: &str, deployment: uuid::Uuid) {
+    admin(
+        client,
+        "billing.admin.tenants.put",
+        serde_json::json!({ "tenant_id": tenant }),
+    )
+    .await;
     admin(
         client,
         "billing.admin.subscriptions.put",
