@@ -213,12 +213,7 @@ async fn one_by_one(
         if found.done {
             return Ok(ItemOutcome::AlreadyDone);
         }
-        let next = found
-            .tenant_ids
-            .iter()
-            .find(|t| found.cursor.as_ref().is_none_or(|c| *t > c))
-            .cloned();
-        let Some(tenant) = next else {
+        let Some(tenant) = next_tenant(&found)?.cloned() else {
             q::finish_item(&mut tx, key, item, worker).await?;
             tx.commit().await?;
             return Ok(ItemOutcome::Done);
@@ -248,6 +243,23 @@ async fn one_by_one(
         q::record_item(&mut tx, key, item, &counts, Some(&tenant), None).await?;
         tx.commit().await?;
     }
+}
+
+/// The tenant after the cursor in the item's stored list, the list's own order being the one
+/// the database gave it at planning. The cursor is found by equality and the next entry taken:
+/// no two ids are compared, so no collation can disagree with another. (A comparison did:
+/// Rust's byte order against the database's `ORDER BY tenant_id`, which under a linguistic
+/// collation puts `a1` before `B2`, so the tenant after a failing `a1` was skipped, neither
+/// invoiced nor reported.)
+fn next_tenant(item: &q::Item) -> Result<Option<&String>> {
+    let next = match &item.cursor {
+        None => 0,
+        Some(c) => {
+            let at = item.tenant_ids.iter().position(|t| t == c);
+            at.ok_or_else(|| Error::internal(format!("cursor tenant {c} is not in its item")))? + 1
+        }
+    };
+    Ok(item.tenant_ids.get(next))
 }
 
 /// After an item: under the run's lock, reads the items' totals and, if none is left and the
@@ -351,6 +363,27 @@ mod tests {
             draft,
             request_id: None,
         }
+    }
+
+    #[test]
+    fn the_cursor_walks_the_stored_order_whatever_byte_order_says() {
+        let item = |cursor: Option<&str>| q::Item {
+            // en-US order: byte order would put B2 first.
+            tenant_ids: vec!["a1".into(), "B2".into(), "c3".into()],
+            cursor: cursor.map(str::to_string),
+            done: false,
+        };
+        let walk = [
+            (None, Some("a1")),
+            (Some("a1"), Some("B2")),
+            (Some("B2"), Some("c3")),
+        ];
+        for (cursor, want) in walk.into_iter().chain([(Some("c3"), None)]) {
+            let item = item(cursor);
+            let got = next_tenant(&item).unwrap().map(String::as_str);
+            assert_eq!(got, want, "after {cursor:?}");
+        }
+        assert!(next_tenant(&item(Some("zz"))).is_err());
     }
 
     #[test]
