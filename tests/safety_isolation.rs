@@ -5,13 +5,22 @@
 
 mod common;
 
+use chrono::{DateTime, Utc};
 use common::*;
 use invoicer::config::WorkerArgs;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use uuid::Uuid;
 
 const APRIL: &str = "2026-04-01";
+/// The largest quantity rust_decimal holds: a valid usage record on its own.
+const MAX_QUANTITY: &str = "79228162514264337593543950335";
+
+fn record(deployment: Uuid, qty: &str, at: &str) -> Value {
+    json!({"event_id": Uuid::new_v4(), "deployment_id": deployment, "resource_kind": "droplet_hours",
+           "quantity": qty, "occurred_at": at})
+}
 
 /// `tenants_failed` of a completed event, by tenant.
 fn failures(done: &Value) -> BTreeMap<String, String> {
@@ -26,6 +35,45 @@ fn failures(done: &Value) -> BTreeMap<String, String> {
             )
         })
         .collect()
+}
+
+async fn put_tenant(client: &async_nats::Client, body: Value) {
+    admin(client, "billing.admin.tenants.put", body).await;
+}
+
+/// `(status, finalizes_at, issued_at)` of the tenant's April invoice.
+async fn april_invoice(
+    db: &TestDb,
+    tenant: &str,
+) -> (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
+    sqlx::query_as(
+        "SELECT status, finalizes_at, issued_at FROM invoices
+         WHERE tenant_id = $1 AND period_start = $2::date AND status <> 'void'",
+    )
+    .bind(tenant)
+    .bind(APRIL)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or_else(|e| panic!("{tenant}'s April invoice: {e}"))
+}
+
+/// Waits until `tenant`'s draft is issued, at most `bound` after its `finalizes_at`; returns
+/// how long after its window it was issued.
+async fn issued_on_time(db: &TestDb, tenant: &str, bound: Duration) -> chrono::TimeDelta {
+    let (status, closes, _) = april_invoice(db, tenant).await;
+    assert_eq!(status, "draft", "{tenant} starts as a grace draft");
+    let closes = closes.expect("a grace draft has a window");
+    let wait = (closes - Utc::now()).to_std().unwrap_or_default() + bound;
+    let issued_at = wait_for(
+        &format!("{tenant}'s draft is issued within {bound:?} of its window ({closes})"),
+        wait,
+        || async {
+            let (status, _, issued_at) = april_invoice(db, tenant).await;
+            (status == "issued").then_some(issued_at).flatten()
+        },
+    )
+    .await;
+    issued_at - closes
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,4 +139,115 @@ async fn under_a_linguistic_collation_a_failing_tenant_leaves_no_tenant_of_its_i
         "tenants neither invoiced nor reported: {unbilled:?} ({done})"
     );
     assert_eq!(done["invoices_issued"], 2, "{done}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15, 3: data that cannot be priced fails its tenant alone, in the first attempt.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_whose_data_cannot_be_priced_fail_alone_and_the_rest_are_invoiced_at_once() {
+    const GOOD: i64 = 4;
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
+    app.seed(GOOD).await;
+    // Two valid records whose sum no exact decimal of invoicer's holds.
+    let oversum = Uuid::new_v4();
+    subscribe(&client, "oversum", oversum).await;
+    // One valid record whose overage (quantity x price) overflows the amount in cents.
+    let overprice = Uuid::new_v4();
+    subscribe(&client, "overprice", overprice).await;
+    // A tenant invoiced in USD on an AUD plan.
+    put_tenant(&client, json!({"tenant_id": "usd", "currency": "USD"})).await;
+    subscribe(&client, "usd", Uuid::new_v4()).await;
+    publish_usage(
+        &js,
+        &db,
+        vec![
+            record(oversum, MAX_QUANTITY, "2026-04-10T00:00:00Z"),
+            record(oversum, "1", "2026-04-11T00:00:00Z"),
+            record(overprice, MAX_QUANTITY, "2026-04-10T00:00:00Z"),
+        ],
+        GOOD * 3 + 3,
+    )
+    .await;
+
+    let id = Uuid::new_v4().to_string();
+    invoicer::client::request_rollup(&js, &json!({"period_start": APRIL, "request_id": id}), &id)
+        .await
+        .unwrap();
+    let done = completed(&js, &id).await;
+
+    // In the first attempt: the item's batch committed whole, it never fell back to one
+    // tenant per transaction (which records a cursor) nor waited for a retry.
+    let fell_back: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT item_no, cursor_tenant FROM rollup_items
+         WHERE request_id = $1 AND cursor_tenant IS NOT NULL",
+    )
+    .bind(&id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        fell_back.is_empty(),
+        "items fell back to one tenant per transaction: {fell_back:?}"
+    );
+    let failed = failures(&done);
+    assert_eq!(
+        failed.keys().collect::<Vec<_>>(),
+        ["overprice", "oversum", "usd"],
+        "{done}"
+    );
+    let reason = &failed["oversum"];
+    assert!(
+        reason.contains("overflow") && reason.contains("droplet_hours"),
+        "the reason names the overflowing sum: {reason}"
+    );
+    assert!(
+        failed["overprice"].contains("out of range"),
+        "{}",
+        failed["overprice"]
+    );
+    assert!(failed["usd"].contains("USD"), "{}", failed["usd"]);
+    assert_eq!(done["invoices_issued"], GOOD, "{done}");
+    app.assert_billed_once(GOOD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_whose_usage_cannot_be_priced_holds_up_no_other_draft() {
+    let app = TestApp::with_worker().await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
+    load_seed_catalog(&client).await;
+    let bad = Uuid::new_v4();
+    for (tenant, deployment) in [("good", Uuid::new_v4()), ("bad", bad)] {
+        put_tenant(
+            &client,
+            json!({"tenant_id": tenant, "grace_period": "PT8S"}),
+        )
+        .await;
+        subscribe(&client, tenant, deployment).await;
+    }
+    let done = rollup(&js, json!({"period_start": APRIL})).await;
+    assert_eq!(done["invoices_drafted"], 2, "{done}");
+
+    // Late usage that cannot be priced marks bad's draft for a refresh, which fails; at its
+    // window, its final recompute fails too.
+    publish_usage(
+        &js,
+        &db,
+        vec![
+            record(bad, MAX_QUANTITY, "2026-04-10T00:00:00Z"),
+            record(bad, "1", "2026-04-11T00:00:00Z"),
+        ],
+        2,
+    )
+    .await;
+    let late = issued_on_time(&db, "good", Duration::from_secs(5)).await;
+    println!(
+        "good's draft issued {} ms after its window",
+        late.num_milliseconds()
+    );
+
+    let (status, _, _) = april_invoice(&db, "bad").await;
+    assert_eq!(status, "draft", "bad's draft stays a draft");
 }

@@ -37,7 +37,7 @@ pub async fn round(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<Roun
     let issued_at = now.trunc_subsecs(0);
     let mut issued = 0;
     for (period, ids) in &due {
-        let counts = batch::run(
+        let counts = batch::run_each_alone_on_failure(
             &mut tx,
             "grace-finalize",
             &recompute(*period),

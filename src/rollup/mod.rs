@@ -7,8 +7,11 @@
 //! transaction (see [`batch`]) that also marks the item done, so a redelivered item changes
 //! nothing. If that transaction fails for a reason other than a transient one, the item is
 //! worked again one tenant per transaction, so one bad tenant is reported and the others are
-//! invoiced. After each item, [`try_complete`] checks, under the run row's lock, whether every
-//! item is done; the one that finds them all done writes `billing.rollup.completed`, once.
+//! invoiced. A tenant whose data cannot be priced (a usage sum past an exact decimal, an amount
+//! past the cents, a currency mismatch) does not fail the batch: it is reported in the batch's
+//! counts and the others are written in the same transaction. After each item,
+//! [`try_complete`] checks, under the run row's lock, whether every item is done; the one that
+//! finds them all done writes `billing.rollup.completed`, once.
 //!
 //! With a grace window, a batch writes drafts that [`drafts`] keeps up to date with late usage
 //! and [`finalize`] issues when their window closes ([`window`] decides which is which).
@@ -177,6 +180,9 @@ pub async fn work_item(
             Ok(counts) => {
                 q::record_item(&mut tx, key, item, &counts, None, Some(worker)).await?;
                 tx.commit().await?;
+                for f in &counts.failed {
+                    tracing::warn!(tenant = %f.tenant_id, reason = %f.reason, "tenant failed");
+                }
                 return Ok(ItemOutcome::Done);
             }
             Err(e) if e.is_transient() => return Err(e),
@@ -225,6 +231,9 @@ async fn one_by_one(
         let counts = match batch::run(&mut attempt, key, &run.request, one, now, grace).await {
             Ok(counts) => {
                 attempt.commit().await?;
+                for f in &counts.failed {
+                    tracing::warn!(tenant = %f.tenant_id, reason = %f.reason, "tenant failed");
+                }
                 counts
             }
             Err(e) if e.is_transient() && !last_resort => return Err(e),
