@@ -248,6 +248,76 @@ async fn a_draft_whose_usage_cannot_be_priced_holds_up_no_other_draft() {
         late.num_milliseconds()
     );
 
+    let reason: String = wait_for(
+        "bad's failed finalization is recorded",
+        Duration::from_secs(15),
+        || async {
+            sqlx::query_scalar(
+                "SELECT f.reason FROM draft_finalize_failures f JOIN invoices i ON i.id = f.invoice_id
+                 WHERE i.tenant_id = 'bad'",
+            )
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert!(reason.contains("overflow"), "{reason}");
     let (status, _, _) = april_invoice(&db, "bad").await;
     assert_eq!(status, "draft", "bad's draft stays a draft");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 15, 4: drafts that keep failing back off instead of filling every finalizer batch.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_failing_due_drafts_do_not_delay_a_good_one() {
+    const BATCH: i64 = 10;
+    const FAILING: i64 = 35;
+    let app = TestApp::with_worker_args(WorkerArgs {
+        rollup_batch_size: BATCH,
+        ..Default::default()
+    })
+    .await;
+    let (db, client, js) = (app.db.clone(), app.client.clone(), app.js.clone());
+    load_seed_catalog(&client).await;
+    app.bulk_tenants("bad", FAILING, Some("PT1H")).await;
+    app.bulk_tenants("good", 1, Some("PT1H")).await;
+    let done = rollup(&js, json!({"period_start": APRIL})).await;
+    assert_eq!(done["invoices_drafted"], FAILING + 1, "{done}");
+
+    // The failing drafts can no longer be priced (their tenants now bill in USD, their plan is
+    // in AUD) and have been due for a minute; the good one falls due in two seconds, behind
+    // more than three finalizer batches of them.
+    for sql in [
+        "UPDATE tenants SET currency = 'USD' WHERE tenant_id LIKE 'bad%'",
+        "UPDATE invoices SET finalizes_at = now() - interval '1 minute' WHERE tenant_id LIKE 'bad%'",
+        "UPDATE invoices SET finalizes_at = date_trunc('second', now()) + interval '2 seconds'
+         WHERE tenant_id LIKE 'good%'",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    let late = issued_on_time(&db, "good00001", Duration::from_secs(5)).await;
+    println!(
+        "good's draft issued {} ms after its window",
+        late.num_milliseconds()
+    );
+
+    // Each failing draft is still a draft, its failure recorded with the cause, and it was
+    // tried a few times, not in a tight loop.
+    let (drafts, recorded, max_attempts): (i64, i64, Option<i32>) = sqlx::query_as(
+        "SELECT count(*), count(f.invoice_id), max(f.attempts)
+         FROM invoices i LEFT JOIN draft_finalize_failures f ON f.invoice_id = i.id
+         WHERE i.tenant_id LIKE 'bad%' AND i.status = 'draft'
+           AND (f.reason IS NULL OR f.reason LIKE '%USD%')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((drafts, recorded), (FAILING, FAILING));
+    assert!(
+        max_attempts.unwrap_or(0) <= 3,
+        "failing drafts retried {max_attempts:?} times in a few seconds"
+    );
 }
