@@ -531,11 +531,13 @@ pub async fn preview(
     tx.rollback().await?;
     let metered: Vec<MeteredSubscription> = subs
         .into_iter()
-        .map(|s| MeteredSubscription {
-            usage: usage.remove(&s.id).unwrap_or_default(),
-            subscription: s,
+        .map(|s| {
+            Ok(MeteredSubscription {
+                usage: usage.take(s.id).map_err(Error::bad)?,
+                subscription: s,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let q = quote::quote_tenant(&tenant, &metered, &catalog, period)?.quote;
     Ok(json!({
         "tenant_id": tenant.id.as_str(),

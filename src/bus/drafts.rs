@@ -39,16 +39,20 @@ impl DraftLoop {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => break,
             }
-            match self.round().await {
-                Ok(issued) => {
-                    metrics::part_ok(Part::GraceDrafts);
-                    if issued > 0 {
-                        self.relay.notify_one();
-                    }
-                }
+            // The two are independent: a refresh that fails (its marks stay for the next
+            // round) must not keep due drafts from being issued, nor the reverse.
+            let refreshed = self.refresh().await;
+            let finalized = self.finalize().await;
+            if let Err(e) = &refreshed {
+                metrics::part_failed(Part::GraceDrafts, e);
+                tracing::warn!(error = %e, "grace-draft refresh failed; retrying next round");
+            }
+            match finalized {
+                Ok(_) if refreshed.is_ok() => metrics::part_ok(Part::GraceDrafts),
+                Ok(_) => {}
                 Err(e) => {
                     metrics::part_failed(Part::GraceDrafts, &e);
-                    tracing::warn!(error = %e, "grace-draft round failed; retrying next round");
+                    tracing::warn!(error = %e, "grace-draft finalizer failed; retrying next round");
                 }
             }
         }
@@ -56,8 +60,8 @@ impl DraftLoop {
         Ok(())
     }
 
-    /// Refreshes, then finalizes; returns how many invoices it issued.
-    async fn round(&self) -> crate::error::Result<usize> {
+    /// Refreshes marked drafts, batch by batch.
+    async fn refresh(&self) -> crate::error::Result<()> {
         let batch = self.batch.max(1);
         for _ in 0..MAX_BATCHES {
             let taken = drafts::refresh(&self.pool, batch, Utc::now()).await?;
@@ -65,6 +69,12 @@ impl DraftLoop {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// Issues due drafts, batch by batch; returns how many it issued.
+    async fn finalize(&self) -> crate::error::Result<usize> {
+        let batch = self.batch.max(1);
         let mut issued = 0;
         for _ in 0..MAX_BATCHES {
             let round = finalize::round(&self.pool, batch, Utc::now()).await?;

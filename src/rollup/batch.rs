@@ -19,7 +19,7 @@ use crate::store::catalog;
 use crate::store::invoices::{self, Overlap};
 use crate::store::outbox;
 use crate::store::outbox::Event;
-use crate::store::rollup::{self as q, BatchCounts, TenantFailure};
+use crate::store::rollup::{self as q, BatchCounts, TenantFailure, UsageOverflow};
 use crate::wire::RollupRequest;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -63,16 +63,21 @@ pub async fn run(
         &addon_codes.into_iter().collect::<Vec<_>>(),
     )
     .await?;
-    let mut by_tenant: HashMap<String, Vec<MeteredSubscription>> = HashMap::new();
+    // A tenant with a usage sum that cannot be priced keeps that reason instead of its
+    // subscriptions: it fails alone, and the batch goes on.
+    let mut by_tenant: HashMap<String, Metered> = HashMap::new();
     for s in subs {
-        let usage = usage.remove(&s.id).unwrap_or_default();
-        by_tenant
+        let entry = by_tenant
             .entry(s.tenant_id.to_string())
-            .or_default()
-            .push(MeteredSubscription {
+            .or_insert(Ok(vec![]));
+        match (usage.take(s.id), entry) {
+            (Ok(usage), Ok(metered)) => metered.push(MeteredSubscription {
                 subscription: s,
                 usage,
-            });
+            }),
+            (Err(overflow), entry) => *entry = Err(overflow),
+            (Ok(_), Err(_)) => {}
+        }
     }
     let mut plan = BatchPlan::default();
     for tenant in &tenants {
@@ -98,8 +103,8 @@ pub async fn run(
             tenant.grace_period.as_ref(),
             now,
         );
-        let subs = by_tenant.remove(tenant.id.as_str()).unwrap_or_default();
-        plan.add(req, tenant, outcome, &subs, &catalog, now);
+        let subs = by_tenant.remove(tenant.id.as_str()).unwrap_or(Ok(vec![]));
+        plan.add(req, tenant, outcome, subs, &catalog, now);
     }
     clock.lap("price");
     plan.write(tx, key, now, &mut clock).await?;
@@ -120,6 +125,59 @@ fn overlap_reason(period: Period, other: &Overlap) -> String {
         other.status.as_str()
     )
 }
+
+/// [`run`] for the grace-draft loops, where a batch that fails as a whole for a reason other
+/// than a transient one (something no pricing check caught) must not fail every tenant in it
+/// round after round: its tenants are then run again one at a time, each under a savepoint of
+/// the caller's transaction, and one that still fails is reported in the counts, like a tenant
+/// that cannot be priced. A transient failure is the caller's, as with [`run`].
+pub async fn run_each_alone_on_failure(
+    tx: &mut PgConnection,
+    key: &str,
+    req: &RollupRequest,
+    tenant_ids: &[String],
+    now: DateTime<Utc>,
+    grace: &Grace,
+) -> Result<BatchCounts> {
+    let mut whole = sqlx::Connection::begin(&mut *tx).await?;
+    match run(&mut whole, key, req, tenant_ids, now, grace).await {
+        Ok(counts) => {
+            whole.commit().await?;
+            return Ok(counts);
+        }
+        Err(e) if e.is_transient() => return Err(e),
+        Err(e) => {
+            whole.rollback().await?;
+            tracing::warn!(error = %e, tenants = tenant_ids.len(), key,
+                "batch failed; running its tenants one at a time");
+        }
+    }
+    let mut counts = BatchCounts::default();
+    for tenant in tenant_ids {
+        let mut one = sqlx::Connection::begin(&mut *tx).await?;
+        match run(&mut one, key, req, std::slice::from_ref(tenant), now, grace).await {
+            Ok(c) => {
+                one.commit().await?;
+                counts.issued += c.issued;
+                counts.drafted += c.drafted;
+                counts.skipped += c.skipped;
+                counts.failed.extend(c.failed);
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                one.rollback().await?;
+                counts.failed.push(TenantFailure {
+                    tenant_id: tenant.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// A tenant's subscriptions with their usage, or the usage sum that cannot be priced.
+type Metered = std::result::Result<Vec<MeteredSubscription>, UsageOverflow>;
 
 /// Where a batch's time goes, logged at debug level: the cheap profiler that told us the
 /// usage read and the outbox write dominate.
@@ -170,7 +228,7 @@ impl BatchPlan {
         req: &RollupRequest,
         tenant: &Tenant,
         outcome: Outcome,
-        subs: &[MeteredSubscription],
+        subs: Metered,
         catalog: &Catalog,
         now: DateTime<Utc>,
     ) {
@@ -183,13 +241,16 @@ impl BatchPlan {
             self.counts.skipped += 1;
             return;
         }
-        let priced = match quote_tenant(tenant, subs, catalog, req.period) {
+        let priced = subs.map_err(|e| e.to_string()).and_then(|subs| {
+            quote_tenant(tenant, &subs, catalog, req.period).map_err(|e| e.to_string())
+        });
+        let priced = match priced {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(tenant = %tenant.id, error = %e, "tenant failed");
+                // Logged by the caller, which knows what the failure means for the tenant.
                 self.counts.failed.push(TenantFailure {
                     tenant_id: tenant.id.to_string(),
-                    reason: e.to_string(),
+                    reason: e,
                 });
                 return;
             }

@@ -44,7 +44,9 @@ pub(super) fn recompute(period: crate::period::Period) -> RollupRequest {
 
 /// One refresher round: up to `batch` marked tenants locked and their drafts recomputed in one
 /// transaction. Returns how many tenants it took (0 when nothing is marked or every marked
-/// tenant is busy elsewhere).
+/// tenant is busy elsewhere). A draft that cannot be recomputed (its usage no longer prices)
+/// keeps its last amounts and loses its mark, so it is not tried again until new usage marks
+/// it; the others are refreshed in the same transaction.
 pub async fn refresh(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<usize> {
     let mut tx = pool.begin().await?;
     let tenants = store::grace::lock_marked_tenants(&mut tx, batch).await?;
@@ -56,7 +58,7 @@ pub async fn refresh(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<us
     let now = now.trunc_subsecs(0);
     let mut drafts = 0;
     for (period, ids) in &marked {
-        let counts = batch::run(
+        let counts = batch::run_each_alone_on_failure(
             &mut tx,
             "grace-refresh",
             &recompute(*period),

@@ -21,11 +21,24 @@ use crate::error::{Error, Result};
 use crate::invoice::Invoice;
 use crate::period::Period;
 use crate::store;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use sqlx::{PgConnection, PgPool};
 
+/// The delay before a due draft whose finalization failed `attempts` times in a row is tried
+/// again: 5 s, doubling, at most 5 minutes. Its data has to change before it can succeed (the
+/// catalog fixed, usage corrected), or an admin issues or voids it; meanwhile it is tried, and
+/// logged, at most every 5 minutes instead of every round.
+pub fn retry_delay(attempts: i32) -> TimeDelta {
+    const FIRST_SECS: i64 = 5;
+    const MAX_SECS: i64 = 300;
+    let doublings = attempts.clamp(1, 16) as u32 - 1;
+    TimeDelta::seconds((FIRST_SECS << doublings).min(MAX_SECS))
+}
+
 /// One finalizer round at `now`: returns how many drafts it issued, and how many tenants it took
-/// (0 when nothing is due or every due tenant is busy elsewhere).
+/// (0 when nothing is due or every due tenant is busy elsewhere). A draft that cannot be
+/// finalized stays a draft, its failure recorded with the cause, and waits [`retry_delay`]
+/// before it is taken again, in the same transaction as the others' issue.
 pub async fn round(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<Round> {
     let mut tx = pool.begin().await?;
     let tenants = store::grace::lock_due_tenants(&mut tx, now, batch).await?;
@@ -36,8 +49,9 @@ pub async fn round(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<Roun
     let grace = Grace::with_mode(Mode::Finalize { due_by: Some(now) });
     let issued_at = now.trunc_subsecs(0);
     let mut issued = 0;
+    let mut failed = Vec::new();
     for (period, ids) in &due {
-        let counts = batch::run(
+        let counts = batch::run_each_alone_on_failure(
             &mut tx,
             "grace-finalize",
             &recompute(*period),
@@ -47,13 +61,32 @@ pub async fn round(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<Roun
         )
         .await?;
         issued += counts.issued;
-        for f in counts.failed {
-            // The draft stays open (and due): an operator fixes the catalog, or voids it.
-            tracing::error!(tenant = %f.tenant_id, reason = %f.reason, %period,
-                "a due draft could not be recomputed; it stays a draft");
+        if counts.failed.is_empty() {
+            continue;
         }
+        let reasons: Vec<(String, String)> = counts
+            .failed
+            .into_iter()
+            .map(|f| (f.tenant_id, f.reason))
+            .collect();
+        let recorded = store::grace::record_failed_finalizations(
+            &mut tx,
+            period.start,
+            &reasons,
+            now,
+            retry_delay,
+        )
+        .await?;
+        failed.extend(recorded.into_iter().map(|f| (*period, f)));
     }
     tx.commit().await?;
+    for (period, f) in &failed {
+        // The draft stays open: an operator fixes its data (it is then issued at its next
+        // attempt), or issues or voids it.
+        tracing::error!(tenant = %f.tenant_id, invoice = %f.invoice_id, %period,
+            attempts = f.attempts, retry_at = %f.retry_at, reason = %f.reason,
+            "a due draft could not be finalized; it stays a draft until it is tried again");
+    }
     if issued > 0 {
         tracing::info!(issued, tenants = tenants.len(), "grace drafts finalized");
     }
@@ -99,4 +132,23 @@ pub async fn early(tx: &mut PgConnection, draft: &Invoice, now: DateTime<Utc>) -
         )));
     }
     store::invoices::get(tx, draft.id, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_draft_waits_longer_each_time_up_to_five_minutes() {
+        let secs: Vec<i64> = [1, 2, 3, 4, 6, 7, 8, 100, i32::MAX]
+            .into_iter()
+            .map(|n| retry_delay(n).num_seconds())
+            .collect();
+        assert_eq!(secs, [5, 10, 20, 40, 160, 300, 300, 300, 300]);
+        assert_eq!(
+            retry_delay(0).num_seconds(),
+            5,
+            "never less than the first delay"
+        );
+    }
 }

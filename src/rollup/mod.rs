@@ -7,8 +7,11 @@
 //! transaction (see [`batch`]) that also marks the item done, so a redelivered item changes
 //! nothing. If that transaction fails for a reason other than a transient one, the item is
 //! worked again one tenant per transaction, so one bad tenant is reported and the others are
-//! invoiced. After each item, [`try_complete`] checks, under the run row's lock, whether every
-//! item is done; the one that finds them all done writes `billing.rollup.completed`, once.
+//! invoiced. A tenant whose data cannot be priced (a usage sum past an exact decimal, an amount
+//! past the cents, a currency mismatch) does not fail the batch: it is reported in the batch's
+//! counts and the others are written in the same transaction. After each item,
+//! [`try_complete`] checks, under the run row's lock, whether every item is done; the one that
+//! finds them all done writes `billing.rollup.completed`, once.
 //!
 //! With a grace window, a batch writes drafts that [`drafts`] keeps up to date with late usage
 //! and [`finalize`] issues when their window closes ([`window`] decides which is which).
@@ -242,6 +245,9 @@ pub async fn work_item(
             Ok(counts) => {
                 q::record_item(&mut tx, key, item, &counts, None, Some(worker)).await?;
                 tx.commit().await?;
+                for f in &counts.failed {
+                    tracing::warn!(tenant = %f.tenant_id, reason = %f.reason, "tenant failed");
+                }
                 return Ok(ItemOutcome::Done);
             }
             Err(e) if e.is_transient() => return Err(e),
@@ -278,12 +284,7 @@ async fn one_by_one(
         if found.done {
             return Ok(ItemOutcome::AlreadyDone);
         }
-        let next = found
-            .tenant_ids
-            .iter()
-            .find(|t| found.cursor.as_ref().is_none_or(|c| *t > c))
-            .cloned();
-        let Some(tenant) = next else {
+        let Some(tenant) = next_tenant(&found)?.cloned() else {
             q::finish_item(&mut tx, key, item, worker).await?;
             tx.commit().await?;
             return Ok(ItemOutcome::Done);
@@ -295,6 +296,9 @@ async fn one_by_one(
         let counts = match batch::run(&mut attempt, key, &run.request, one, now, grace).await {
             Ok(counts) => {
                 attempt.commit().await?;
+                for f in &counts.failed {
+                    tracing::warn!(tenant = %f.tenant_id, reason = %f.reason, "tenant failed");
+                }
                 counts
             }
             Err(e) if e.is_transient() && !last_resort => return Err(e),
@@ -313,6 +317,23 @@ async fn one_by_one(
         q::record_item(&mut tx, key, item, &counts, Some(&tenant), None).await?;
         tx.commit().await?;
     }
+}
+
+/// The tenant after the cursor in the item's stored list, the list's own order being the one
+/// the database gave it at planning. The cursor is found by equality and the next entry taken:
+/// no two ids are compared, so no collation can disagree with another. (A comparison did:
+/// Rust's byte order against the database's `ORDER BY tenant_id`, which under a linguistic
+/// collation puts `a1` before `B2`, so the tenant after a failing `a1` was skipped, neither
+/// invoiced nor reported.)
+fn next_tenant(item: &q::Item) -> Result<Option<&String>> {
+    let next = match &item.cursor {
+        None => 0,
+        Some(c) => {
+            let at = item.tenant_ids.iter().position(|t| t == c);
+            at.ok_or_else(|| Error::internal(format!("cursor tenant {c} is not in its item")))? + 1
+        }
+    };
+    Ok(item.tenant_ids.get(next))
 }
 
 /// After an item: under the run's lock, reads the items' totals and, if none is left and the
@@ -461,6 +482,27 @@ mod tests {
                 "{reason}"
             );
         }
+    }
+
+    #[test]
+    fn the_cursor_walks_the_stored_order_whatever_byte_order_says() {
+        let item = |cursor: Option<&str>| q::Item {
+            // en-US order: byte order would put B2 first.
+            tenant_ids: vec!["a1".into(), "B2".into(), "c3".into()],
+            cursor: cursor.map(str::to_string),
+            done: false,
+        };
+        let walk = [
+            (None, Some("a1")),
+            (Some("a1"), Some("B2")),
+            (Some("B2"), Some("c3")),
+        ];
+        for (cursor, want) in walk.into_iter().chain([(Some("c3"), None)]) {
+            let item = item(cursor);
+            let got = next_tenant(&item).unwrap().map(String::as_str);
+            assert_eq!(got, want, "after {cursor:?}");
+        }
+        assert!(next_tenant(&item(Some("zz"))).is_err());
     }
 
     #[test]

@@ -271,11 +271,12 @@ pub async fn totals(db: &mut PgConnection, key: &str) -> Result<Totals> {
                 coalesce(sum(invoices_issued), 0)::int AS issued,
                 coalesce(sum(invoices_drafted), 0)::int AS drafted,
                 coalesce(sum(invoices_skipped), 0)::int AS skipped,
-                (SELECT coalesce(jsonb_agg(f.v ORDER BY i.item_no, f.n), '[]')
-                 FROM rollup_items i, jsonb_array_elements(i.tenants_failed) WITH ORDINALITY f(v, n)
-                 WHERE i.request_id = $1) AS failed
-         FROM rollup_items
-         WHERE request_id = $1",
+                -- Apart from the sums: joined to them, an item with n failures counted n times.
+                coalesce((SELECT jsonb_agg(f.value ORDER BY i.item_no, f.n)
+                          FROM rollup_items i,
+                               jsonb_array_elements(i.tenants_failed) WITH ORDINALITY f(value, n)
+                          WHERE i.request_id = $1), '[]') AS failed
+         FROM rollup_items WHERE request_id = $1",
     )
     .bind(key)
     .fetch_one(db)
@@ -351,18 +352,62 @@ pub async fn subscriptions(
         .collect()
 }
 
+/// A subscription's usage of one kind sums to more than an exact decimal holds (28 significant
+/// digits): each record is valid, their sum cannot be priced. The tenant fails alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "usage sum overflows: {resource_kind} on deployment {deployment_id} adds up to {total}, \
+     more than the 28 significant digits an exact decimal holds"
+)]
+pub struct UsageOverflow {
+    pub deployment_id: Uuid,
+    pub resource_kind: String,
+    /// The sum as PostgreSQL computed it.
+    pub total: String,
+}
+
+/// The usage of a batch's subscriptions, summed by resource kind.
+#[derive(Debug, Default)]
+pub struct UsageSums {
+    sums: HashMap<Uuid, BTreeMap<String, Decimal>>,
+    overflows: HashMap<Uuid, UsageOverflow>,
+}
+
+impl UsageSums {
+    /// A subscription's usage by kind, or why it cannot be priced.
+    pub fn take(&mut self, subscription: Uuid) -> Result<BTreeMap<String, Decimal>, UsageOverflow> {
+        if let Some(overflow) = self.overflows.remove(&subscription) {
+            return Err(overflow);
+        }
+        Ok(self.sums.remove(&subscription).unwrap_or_default())
+    }
+}
+
+/// A NUMERIC sum as an exact decimal, or `None` if it has more significant digits than one
+/// holds. Read from text: the binary decoding fails on a sum past the largest decimal, and
+/// rounds away the tail of one with too many digits, which would bill a different quantity.
+fn exact_sum(text: &str) -> Option<Decimal> {
+    Decimal::from_str_exact(text).ok().or_else(|| {
+        // Trailing zeros of the scale (a record of `1.000`) are not digits anyone is billed for.
+        let trimmed = match text.contains('.') {
+            true => text.trim_end_matches('0').trim_end_matches('.'),
+            false => text,
+        };
+        Decimal::from_str_exact(trimmed).ok()
+    })
+}
+
 /// Usage summed per subscription and resource kind, counting only records inside both the
 /// period and the subscription's own window (so a plan change splits usage by `occurred_at`).
+/// A sum that no exact decimal holds is reported as that subscription's [`UsageOverflow`],
+/// never as the batch's error: two valid records can add up past the range, and only their
+/// tenant's invoice cannot be priced.
 /// Plan at 100,000 tenants: the batch's subscriptions by `subscriptions_tenant`, then an
 /// index-only range scan of `usage_records_deployment_time` per deployment (the index
 /// includes kind and quantity), hash-aggregated: 1,500 probes of 60 rows for 500 tenants.
-pub async fn usage(
-    db: &mut PgConnection,
-    tenants: &[String],
-    period: Period,
-) -> Result<HashMap<Uuid, BTreeMap<String, Decimal>>> {
+pub async fn usage(db: &mut PgConnection, tenants: &[String], period: Period) -> Result<UsageSums> {
     let rows = sqlx::query(
-        "SELECT s.id, u.resource_kind, sum(u.quantity) AS quantity
+        "SELECT s.id, s.deployment_id, u.resource_kind, sum(u.quantity)::text AS quantity
          FROM subscriptions s
          JOIN usage_records u ON u.deployment_id = s.deployment_id
           AND u.occurred_at >= greatest(s.started_at, $2)
@@ -375,11 +420,26 @@ pub async fn usage(
     .bind(period.end_at())
     .fetch_all(db)
     .await?;
-    let mut out: HashMap<Uuid, BTreeMap<String, Decimal>> = HashMap::new();
+    let mut out = UsageSums::default();
     for r in rows {
-        out.entry(r.try_get("id")?)
-            .or_default()
-            .insert(r.try_get("resource_kind")?, r.try_get("quantity")?);
+        let id: Uuid = r.try_get("id")?;
+        let kind: String = r.try_get("resource_kind")?;
+        let total: String = r.try_get("quantity")?;
+        match exact_sum(&total) {
+            Some(q) => {
+                out.sums.entry(id).or_default().insert(kind, q);
+            }
+            None => {
+                out.overflows.insert(
+                    id,
+                    UsageOverflow {
+                        deployment_id: r.try_get("deployment_id")?,
+                        resource_kind: kind,
+                        total,
+                    },
+                );
+            }
+        }
     }
     Ok(out)
 }
@@ -432,4 +492,35 @@ async fn requested_but_not_billable(
             },
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sum_is_exact_or_refused() {
+        let d = |s: &str| Decimal::from_str_exact(s).unwrap();
+        let cases = [
+            ("2160", Some(d("2160"))),
+            ("2160.50", Some(d("2160.50"))),
+            (
+                "79228162514264337593543950335",
+                Some(d("79228162514264337593543950335")),
+            ),
+            // One past the largest decimal: two valid records add up to it.
+            ("79228162514264337593543950336", None),
+            // Exact only with a 49-digit mantissa: binary decoding would drop the tail.
+            ("100000000000000000000.0000000000000000000000000001", None),
+            // Trailing zeros of the scale cost no precision.
+            (
+                "100000000000000000001.0000000000000000000000000000",
+                Some(d("100000000000000000001")),
+            ),
+            ("0.0000000000000000000000000000", Some(Decimal::ZERO)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(exact_sum(text), want, "{text}");
+        }
+    }
 }

@@ -420,9 +420,17 @@ impl TestApp {
         app
     }
 
+    /// `db` and one `nats-server`; no worker yet.
+    pub async fn start_on(db: TestDb) -> TestApp {
+        Self::build_on(db, 1, None).await
+    }
+
     async fn build(nodes: usize, config: Option<&Path>) -> TestApp {
+        Self::build_on(TestDb::new().await, nodes, config).await
+    }
+
+    async fn build_on(db: TestDb, nodes: usize, config: Option<&Path>) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
-        let db = TestDb::new().await;
         let mut nats: Vec<NatsServer> = if nodes == 1 {
             vec![NatsServer::new(dir.path(), "n1", None, config)]
         } else {

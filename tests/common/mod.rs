@@ -36,6 +36,30 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let name = format!("invoicer_test_{}", uuid::Uuid::new_v4().simple());
+        Self::open(name).await
+    }
+
+    /// A database whose default collation is ICU's `locale` (`en-US`: `a1 < B2 < c3`, where
+    /// byte order has `B2 < a1`), as a server initialised with a linguistic locale (the
+    /// `postgres` image's `en_US.utf8`) gives every database. ICU is built into PostgreSQL, so
+    /// this needs no operating-system locale.
+    pub async fn with_icu_collation(locale: &str) -> TestDb {
+        use sqlx::Connection;
+        let name = format!("invoicer_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(ADMIN_URL)
+            .await
+            .expect("PostgreSQL must be running on 127.0.0.1:5432 (see README)");
+        sqlx::query(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu \
+             ICU_LOCALE '{locale}' LOCALE 'C.utf8'"
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("an ICU database can be created");
+        Self::open(name).await
+    }
+
+    async fn open(name: String) -> TestDb {
         let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
         let pool = invoicer::store::connect(&url, 5)
             .await
