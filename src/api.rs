@@ -500,6 +500,7 @@ pub async fn preview(
         .unwrap_or_else(|| Tenant::with_defaults(tenant_id.clone()));
     let ids = vec![tenant_id.to_string()];
     let subs = store::rollup::subscriptions(&mut tx, &ids, period).await?;
+    let successors = store::rollup::successors(&mut tx, &ids, period).await?;
     let mut usage = store::rollup::usage(&mut tx, &ids, period).await?;
     let plans: Vec<String> = subs.iter().map(|s| s.plan.clone()).collect();
     let addons: Vec<String> = subs.iter().flat_map(|s| s.addons.clone()).collect();
@@ -510,6 +511,7 @@ pub async fn preview(
         .into_iter()
         .map(|s| MeteredSubscription {
             usage: usage.remove(&s.id).unwrap_or_default(),
+            next_from: successors.get(&s.id).copied(),
             subscription: s,
         })
         .collect();
@@ -601,6 +603,7 @@ pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>)
         &[MeteredSubscription {
             subscription: sub,
             usage,
+            next_from: None,
         }],
         &catalog,
         period,

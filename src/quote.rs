@@ -440,6 +440,11 @@ pub fn finish(mut lines: Vec<QuoteLine>, tax: &TaxPolicy) -> Result<Quote, Quote
 pub struct MeteredSubscription {
     pub subscription: Subscription,
     pub usage: BTreeMap<String, Decimal>,
+    /// When the deployment's next subscription begins, whichever tenant holds it: a deployment
+    /// handed to another tenant is not among this tenant's subscriptions, so the caller looks
+    /// it up (`store::rollup::successors`). `None` when there is none, or none the caller
+    /// knows of beyond the subscriptions quoted beside this one (those are searched too).
+    pub next_from: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -467,13 +472,15 @@ pub fn quote_tenant(
     for m in subscriptions {
         let s = &m.subscription;
         // Subscriptions of one deployment never overlap, so its next one starts at or after
-        // this one's end.
+        // this one's end: the earliest of those quoted here and the one the caller found
+        // (another tenant's, on a handover).
         let next_from = s.ended_at.and_then(|end| {
             subscriptions
                 .iter()
                 .map(|o| &o.subscription)
                 .filter(|o| o.deployment_id == s.deployment_id && o.started_at >= end)
                 .map(|o| o.started_at)
+                .chain(m.next_from.filter(|n| *n >= end))
                 .min()
         });
         let plan = catalog

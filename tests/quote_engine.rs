@@ -300,6 +300,7 @@ fn plan_change_at_noon_on_the_16th_of_a_30_day_month_splits_it_15_and_15() {
     ]
     .map(|subscription| MeteredSubscription {
         subscription,
+        next_from: None,
         // 800 h before the change and 800 after, each against half an allowance of 1488.
         usage: usage(&[("droplet_hours", "800")]),
     });
@@ -345,6 +346,44 @@ fn plan_change_at_noon_on_the_16th_of_a_30_day_month_splits_it_15_and_15() {
 }
 
 #[test]
+fn a_deployment_handed_to_another_tenant_cedes_the_handover_day() {
+    // Alpha hands the deployment over at noon on the 16th; the next subscription is another
+    // tenant's, so it is not quoted here: its start comes in as data (the store's lookup).
+    let dep = Uuid::new_v4();
+    let handover = "2026-04-16T12:00:00Z";
+    let catalog = catalog_of(vec![studio()]);
+    let tenant = Tenant::with_defaults(TenantId::parse("alpha").unwrap());
+    let base_of = |next_from: Option<&str>| {
+        let m = MeteredSubscription {
+            subscription: subscription("studio", "2026-01-01T00:00:00Z", Some(handover), dep),
+            usage: BTreeMap::new(),
+            next_from: next_from.map(ts),
+        };
+        let q = quote_tenant(&tenant, &[m], &catalog, april())
+            .unwrap()
+            .quote;
+        (q.lines[0].description.clone(), q.lines[0].amount_cents)
+    };
+    // Handed over that day: the 16th is the next holder's.
+    assert_eq!(
+        base_of(Some(handover)),
+        ("Plan: Studio (15 of 30 days)".to_string(), 2500)
+    );
+    assert_eq!(
+        base_of(Some("2026-04-16T20:00:00Z")),
+        ("Plan: Studio (15 of 30 days)".to_string(), 2500)
+    );
+    // No successor, or one from the next day: the 16th stays alpha's.
+    for next in [None, Some("2026-04-17T00:00:00Z")] {
+        assert_eq!(
+            base_of(next),
+            ("Plan: Studio (16 of 30 days)".to_string(), 2667),
+            "{next:?}"
+        );
+    }
+}
+
+#[test]
 fn a_subscription_whose_only_day_went_to_the_next_bills_its_usage_but_no_base() {
     let dep = Uuid::new_v4();
     let subs = [
@@ -364,6 +403,7 @@ fn a_subscription_whose_only_day_went_to_the_next_bills_its_usage_but_no_base() 
     ]
     .map(|subscription| MeteredSubscription {
         subscription,
+        next_from: None,
         usage: usage(&[("droplet_hours", "10")]),
     });
     let tenant = Tenant::with_defaults(TenantId::parse("acme").unwrap());
@@ -687,6 +727,7 @@ proptest! {
                     ended_at: starts.get(i + 1).copied(),
                 },
                 usage: BTreeMap::new(),
+                next_from: None,
             })
             .collect();
         // As the store does, only subscriptions active in the period (a change at midnight

@@ -9,8 +9,24 @@ mod common;
 use common::*;
 use invoicer::money::{parse_decimal, to_cents, Exact};
 use serde_json::{json, Value};
+use uuid::Uuid;
 
 const APRIL: &str = "2026-04-01";
+
+async fn tenant(app: &TestApp, id: &str) {
+    app.ok("billing.admin.tenants.put", json!({ "tenant_id": id }))
+        .await;
+}
+
+/// A Studio subscription with the storage add-on over `[from, to)`.
+async fn subscription(app: &TestApp, tenant: &str, dep: Uuid, from: &str, to: Option<&str>) {
+    app.ok(
+        "billing.admin.subscriptions.put",
+        json!({"id": Uuid::new_v4(), "tenant_id": tenant, "deployment_id": dep, "plan": "studio",
+               "addons": ["storage_50gb"], "started_at": from, "ended_at": to}),
+    )
+    .await;
+}
 
 /// (kind, description, quantity, unit price, cents) of each line.
 fn lines(v: &Value) -> Vec<(String, String, String, Value, i64)> {
@@ -48,6 +64,22 @@ fn totals(v: &Value) -> (i64, i64, i64) {
     )
 }
 
+async fn invoice_of(app: &TestApp, tenant: &str) -> Value {
+    let list = app
+        .ok(
+            "billing.admin.invoices.list",
+            json!({"tenant_id": tenant, "period_start": APRIL}),
+        )
+        .await;
+    let invoices = list["invoices"].as_array().unwrap();
+    assert_eq!(invoices.len(), 1, "{tenant}: {list}");
+    app.ok(
+        "billing.admin.invoices.get",
+        json!({"id": invoices[0]["id"]}),
+    )
+    .await
+}
+
 /// Every line with a unit price satisfies `round(quantity × unit_price) = amount_cents`, and
 /// every quantity has at most 6 decimals (CONTRACT.md section 3, v3).
 fn assert_lines_multiply_back(v: &Value) {
@@ -70,6 +102,78 @@ fn assert_lines_multiply_back(v: &Value) {
             "quantity × unit_price does not round to amount_cents: {l}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 6: the handover day is charged once, to the tenant that receives the deployment.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_handed_to_another_tenant_is_charged_once_for_the_handover_day() {
+    let app = TestApp::with_worker().await;
+    load_seed_catalog(&app.client).await;
+    tenant(&app, "alpha").await;
+    tenant(&app, "bravo").await;
+    let dep = Uuid::new_v4();
+    // Alpha hands the deployment to bravo at noon on April 16th: day 16 is bravo's.
+    let handover = "2026-04-16T12:00:00Z";
+    subscription(&app, "alpha", dep, "2026-01-01T00:00:00Z", Some(handover)).await;
+    subscription(&app, "bravo", dep, handover, None).await;
+
+    let preview = |t: &'static str| {
+        let app = &app;
+        async move {
+            app.ok(
+                &format!("billing.tenant.{t}.invoices.preview"),
+                json!({ "period_start": APRIL }),
+            )
+            .await
+        }
+    };
+    let (preview_alpha, preview_bravo) = (preview("alpha").await, preview("bravo").await);
+
+    let done = rollup(&app.js, json!({ "period_start": APRIL })).await;
+    assert_eq!(done["invoices_issued"], 2, "{done}");
+    let alpha = invoice_of(&app, "alpha").await;
+    let bravo = invoice_of(&app, "bravo").await;
+
+    // 15 of 30 days each: 50.00 / 2 = 25.00 and 7.50 / 2 = 3.75; GST 2.875 → 2.88.
+    let half = vec![
+        line(
+            "plan_base",
+            "Plan: Studio (15 of 30 days)",
+            "1",
+            "25.00",
+            2500,
+        ),
+        line(
+            "addon",
+            "Addon: storage_50gb (15 of 30 days)",
+            "1",
+            "3.75",
+            375,
+        ),
+        line("tax", "GST 10%", "28.75", "0.10", 288),
+    ];
+    assert_eq!(lines(&alpha), half, "alpha (hands over on the 16th)");
+    assert_eq!(lines(&bravo), half, "bravo (takes over on the 16th)");
+    assert_eq!(totals(&alpha), (2875, 288, 3163));
+    assert_eq!(totals(&bravo), (2875, 288, 3163));
+    // Together: April's base and add-on exactly once, 5000 + 750 cents.
+    let charged: i64 = [&alpha, &bravo]
+        .iter()
+        .flat_map(|i| i["lines"].as_array().unwrap())
+        .filter(|l| l["kind"] != "tax")
+        .map(|l| l["amount_cents"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        charged, 5750,
+        "April charged once per day across both tenants"
+    );
+    // The preview prices exactly what the rollup invoiced.
+    assert_eq!(lines(&preview_alpha), lines(&alpha), "alpha's preview");
+    assert_eq!(lines(&preview_bravo), lines(&bravo), "bravo's preview");
+    assert_eq!(totals(&preview_alpha), totals(&alpha));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ pub async fn run(
     let open_windows = crate::store::grace::windows(tx, &drafts).await?;
     clock.lap("lock");
     let subs = q::subscriptions(tx, tenant_ids, req.period).await?;
+    let successors = q::successors(tx, tenant_ids, req.period).await?;
     clock.lap("subscriptions");
     let mut usage = q::usage(tx, tenant_ids, req.period).await?;
     clock.lap("usage");
@@ -67,6 +68,7 @@ pub async fn run(
             .entry(s.tenant_id.to_string())
             .or_default()
             .push(MeteredSubscription {
+                next_from: successors.get(&s.id).copied(),
                 subscription: s,
                 usage,
             });
