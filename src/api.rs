@@ -4,7 +4,7 @@
 use crate::catalog::{Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId};
 use crate::document::{self, Format, Related, Seller, TaxInvoiceView};
 use crate::error::{Error, Result};
-use crate::invoice::{format_number, Invoice, Status};
+use crate::invoice::{check_paid_at, format_number, Invoice, Status};
 use crate::money::Dec;
 use crate::period::Period;
 use crate::quote::{self, MeteredSubscription};
@@ -420,7 +420,8 @@ struct TransitionRequest {
 }
 
 /// Admin status changes. Paying a paid invoice returns it unchanged; any other illegal
-/// transition is a `conflict`. The change and its event commit together.
+/// transition is a `conflict`; a `paid_at` before the invoice's issue or in the future is a
+/// `bad_request` (CONTRACT.md section 5, v3). The change and its event commit together.
 async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> {
     let req: TransitionRequest = wire::parse(payload)?;
     if let Some(at) = req.paid_at {
@@ -429,6 +430,11 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
     let now = Utc::now().trunc_subsecs(0);
     let mut tx = ctx.pool.begin().await?;
     let mut inv = store::invoices::lock(&mut tx, req.id).await?;
+    // Checked before anything else, a paid invoice's repeat included: a payment time outside
+    // [issued_at, now] is wrong whatever the invoice's state.
+    if let (Status::Paid, Some(at)) = (to, req.paid_at) {
+        check_paid_at(at, inv.issued_at, Utc::now()).map_err(Error::bad)?;
+    }
     if inv.status == Status::Paid && to == Status::Paid {
         drop(tx);
         let mut conn = ctx.pool.acquire().await?;

@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use invoicer::money::{parse_decimal, to_cents, Exact};
 use serde_json::{json, Value};
+use std::time::Duration;
 use uuid::Uuid;
 
 const APRIL: &str = "2026-04-01";
@@ -174,6 +175,82 @@ async fn a_deployment_handed_to_another_tenant_is_charged_once_for_the_handover_
     assert_eq!(lines(&preview_alpha), lines(&alpha), "alpha's preview");
     assert_eq!(lines(&preview_bravo), lines(&bravo), "bravo's preview");
     assert_eq!(totals(&preview_alpha), totals(&alpha));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 7: paid_at lies between issue and now.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_paid_refuses_a_paid_at_before_issue_or_in_the_future() {
+    let app = TestApp::with_worker().await;
+    load_seed_catalog(&app.client).await;
+    tenant(&app, "acme").await;
+    subscription(&app, "acme", Uuid::new_v4(), "2026-03-15T00:00:00Z", None).await;
+    let done = rollup(&app.js, json!({ "period_start": APRIL })).await;
+    assert_eq!(done["invoices_issued"], 1, "{done}");
+    let issued = invoice_of(&app, "acme").await;
+    let id = issued["id"].as_str().unwrap().to_string();
+    let issued_at: chrono::DateTime<chrono::Utc> =
+        issued["issued_at"].as_str().unwrap().parse().unwrap();
+
+    let before_issue = (issued_at - chrono::Duration::seconds(1)).to_rfc3339();
+    let next_year = (chrono::Utc::now() + chrono::Duration::days(365)).to_rfc3339();
+    let cases = [
+        ("2001-01-01T00:00:00Z", "issued_at"),
+        (before_issue.as_str(), "issued_at"),
+        (next_year.as_str(), "future"),
+    ];
+    for (paid_at, bound) in cases {
+        let refused = app
+            .call(
+                "billing.admin.invoices.mark_paid",
+                json!({"id": id, "paid_at": paid_at}),
+            )
+            .await;
+        let e = match refused {
+            Err(e) => e,
+            Ok(v) => panic!("paid_at {paid_at} accepted: paid_at {}", v["paid_at"]),
+        };
+        assert_eq!(e.code, "bad_request", "{paid_at}: {e:?}");
+        assert!(
+            e.message.contains("paid_at") && e.message.contains(bound),
+            "{paid_at}: the message names the field and the bound: {}",
+            e.message
+        );
+    }
+    assert_eq!(
+        app.ok("billing.admin.invoices.get", json!({ "id": id }))
+            .await,
+        issued,
+        "a refused paid_at changes nothing"
+    );
+    let paid_rows = format!("SELECT count(*) FROM outbox WHERE msg_id = '{id}:paid'");
+    assert_eq!(
+        app.scalar(&paid_rows).await,
+        0,
+        "no billing.invoice.paid for a refusal"
+    );
+    app.outbox_drained(Duration::from_secs(30)).await;
+    assert!(
+        stream_messages(&app.js, "BILLING_EVENTS", "billing.invoice.paid")
+            .await
+            .is_empty(),
+        "no billing.invoice.paid published"
+    );
+
+    // The moment of issue itself is a valid payment time.
+    let paid = app
+        .ok(
+            "billing.admin.invoices.mark_paid",
+            json!({"id": id, "paid_at": issued["issued_at"]}),
+        )
+        .await;
+    assert_eq!(
+        (paid["status"].as_str(), &paid["paid_at"]),
+        (Some("paid"), &issued["issued_at"])
+    );
+    assert_eq!(app.scalar(&paid_rows).await, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
