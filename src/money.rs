@@ -42,6 +42,7 @@ pub const QUANTITY_DECIMALS: u32 = 6;
 /// `m·10^places / (10^s·denom)`, computed exactly in 128-bit integers: for `places ≤ 6`,
 /// `|m|·10^places < 2^96·2^20`, and `10^s·denom ≤ 10^28·(2^32 − 1) < 2^126`, so nothing here
 /// can overflow.
+#[inline]
 fn round_to(amount: Exact, places: u32) -> Result<i128, Overflow> {
     debug_assert!(places <= QUANTITY_DECIMALS);
     if amount.denom == 0 {
@@ -74,6 +75,10 @@ pub fn to_cents(amount: Exact) -> Result<i64, Overflow> {
 /// from this quantity, never from the exact one, so the quantity shown multiplies back to the
 /// amount.
 pub fn fix_quantity(quantity: Exact) -> Result<Decimal, Overflow> {
+    // The usual case, a whole period's usage in whole or few decimals: nothing to round.
+    if quantity.denom == 1 && quantity.numer.scale() <= QUANTITY_DECIMALS {
+        return Ok(quantity.numer.normalize());
+    }
     let units = round_to(quantity, QUANTITY_DECIMALS)?;
     Decimal::try_from_i128_with_scale(units, QUANTITY_DECIMALS)
         .map(|d| d.normalize())
@@ -84,19 +89,15 @@ pub fn fix_quantity(quantity: Exact) -> Result<Decimal, Overflow> {
 /// than 28 decimals or 96 bits; a line amount computed from such a product would no longer be
 /// `quantity × unit_price`, so that is an overflow here.
 pub fn exact_mul(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {
-    if a.is_zero() || b.is_zero() {
-        return Ok(Decimal::ZERO);
-    }
-    // A full period's lines are 1 × the list price: the common case, kept cheap.
-    if a == Decimal::ONE {
-        return Ok(b);
-    }
-    if b == Decimal::ONE {
-        return Ok(a);
-    }
-    let (a, b) = (a.normalize(), b.normalize());
-    a.checked_mul(b)
-        .filter(|p| p.scale() == a.scale() + b.scale())
+    // `Decimal` keeps the scale `sa + sb` exactly when it did not have to round (a product
+    // by zero aside, whose scale it drops; a tiny product rounded to zero is not exact).
+    let exact = |a: Decimal, b: Decimal| {
+        a.checked_mul(b)
+            .filter(|p| p.scale() == a.scale() + b.scale() || a.is_zero() || b.is_zero())
+    };
+    // Trailing zeros can push the scale past 28 when the value needs fewer: retry without.
+    exact(a, b)
+        .or_else(|| exact(a.normalize(), b.normalize()))
         .ok_or_else(|| Overflow(format!("{a} × {b} is not exact in 28 decimals")))
 }
 
@@ -317,7 +318,7 @@ mod tests {
         }
         assert!(fix_quantity(Exact {
             numer: Decimal::MAX,
-            denom: 1
+            denom: 3
         })
         .is_err());
     }
@@ -337,6 +338,8 @@ mod tests {
         let long = d("0.0333333333333333333333333333");
         assert!(exact_mul(long, d("0.15")).is_err());
         assert!(exact_mul(Decimal::MAX, d("2")).is_err());
+        assert!(exact_mul(Decimal::new(1, 20), Decimal::new(1, 10)).is_err());
+        assert_eq!(exact_mul(d("0.00"), d("7.5")).unwrap(), Decimal::ZERO);
     }
 
     #[test]

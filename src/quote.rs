@@ -148,7 +148,12 @@ impl Priced {
     /// A whole period at `price`, or `a/D` of one.
     fn prorated(price: Decimal, a: u32, d: u32) -> Result<Priced, money::Overflow> {
         if a == d {
-            Priced::units(Decimal::ONE, price)
+            // `units(1, price)`, without multiplying by one on the hot path.
+            Ok(Priced {
+                quantity: Decimal::ONE,
+                unit_price: price,
+                amount_cents: money::to_cents(Exact::whole(price))?,
+            })
         } else {
             Priced::flat(Exact {
                 numer: scaled(price, Decimal::from(a))?,
