@@ -103,8 +103,9 @@ fn scaled(x: Decimal, a: Decimal) -> Result<Decimal, money::Overflow> {
 /// - [`Priced::units`]: a number of units at a price. The quantity is fixed to 6 decimals
 ///   first ([`money::fix_quantity`]), and the amount is that quantity times the unit price,
 ///   rounded once. A full period's base and add-ons are 1 × the list price (so a full period is
-///   exactly the list price); overage is its fixed quantity (566.666667 for an allowance
-///   prorated to 566.666…) × its per-unit or volume price; tax is the subtotal × the rate.
+///   exactly the list price); overage is its fixed quantity (566.666667 when usage exceeds a
+///   prorated allowance by 566.666…) × its per-unit or volume price; tax is the subtotal × the
+///   rate.
 /// - [`Priced::flat`]: a charge that is itself prorated or derived (a base or add-on for part
 ///   of a period). Its exact value (the list price × `a/D`) is rounded once to the cent; the
 ///   line is 1 × that rounded price, and its description says the days. No quantity of
