@@ -4,7 +4,7 @@
 use crate::catalog::{Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId};
 use crate::document::{self, Format, Related, Seller, TaxInvoiceView};
 use crate::error::{Error, Result};
-use crate::invoice::{format_number, Invoice, Status};
+use crate::invoice::{check_paid_at, format_number, Invoice, Status};
 use crate::money::Dec;
 use crate::period::Period;
 use crate::quote::{self, MeteredSubscription};
@@ -443,7 +443,8 @@ struct TransitionRequest {
 }
 
 /// Admin status changes. Paying a paid invoice returns it unchanged; any other illegal
-/// transition is a `conflict`. The change and its event commit together.
+/// transition is a `conflict`; a `paid_at` before the invoice's issue or in the future is a
+/// `bad_request` (CONTRACT.md section 5, v3). The change and its event commit together.
 async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> {
     let req: TransitionRequest = wire::parse(payload)?;
     if let Some(at) = req.paid_at {
@@ -452,6 +453,11 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
     let now = Utc::now().trunc_subsecs(0);
     let mut tx = ctx.pool.begin().await?;
     let mut inv = store::invoices::lock(&mut tx, req.id).await?;
+    // Checked before anything else, a paid invoice's repeat included: a payment time outside
+    // [issued_at, now] is wrong whatever the invoice's state.
+    if let (Status::Paid, Some(at)) = (to, req.paid_at) {
+        check_paid_at(at, inv.issued_at, Utc::now()).map_err(Error::bad)?;
+    }
     if inv.status == Status::Paid && to == Status::Paid {
         drop(tx);
         let mut conn = ctx.pool.acquire().await?;
@@ -523,6 +529,7 @@ pub async fn preview(
         .ok_or_else(|| store::catalog::unknown_tenant(tenant_id))?;
     let ids = vec![tenant_id.to_string()];
     let subs = store::rollup::subscriptions(&mut tx, &ids, period).await?;
+    let successors = store::rollup::successors(&mut tx, &ids, period).await?;
     let mut usage = store::rollup::usage(&mut tx, &ids, period).await?;
     let plans: Vec<String> = subs.iter().map(|s| s.plan.clone()).collect();
     let addons: Vec<String> = subs.iter().flat_map(|s| s.addons.clone()).collect();
@@ -534,6 +541,7 @@ pub async fn preview(
         .map(|s| {
             Ok(MeteredSubscription {
                 usage: usage.take(s.id).map_err(Error::bad)?,
+                next_from: successors.get(&s.id).copied(),
                 subscription: s,
             })
         })
@@ -626,6 +634,7 @@ pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>)
         &[MeteredSubscription {
             subscription: sub,
             usage,
+            next_from: None,
         }],
         &catalog,
         period,

@@ -59,6 +59,41 @@ impl Status {
     }
 }
 
+/// A payment time outside what `mark_paid` accepts (CONTRACT.md section 5, v3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaidAtError {
+    #[error("paid_at {paid_at} precedes the invoice's issued_at {issued_at}")]
+    BeforeIssue { paid_at: String, issued_at: String },
+    #[error("paid_at {paid_at} is in the future (it may be at most now, {now})")]
+    Future { paid_at: String, now: String },
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// An invoice is paid after it was issued and no later than now: a payment recorded before
+/// its issue or in the future would be printed on the tax invoice as a fact.
+pub fn check_paid_at(
+    paid_at: DateTime<Utc>,
+    issued_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), PaidAtError> {
+    if paid_at > now {
+        return Err(PaidAtError::Future {
+            paid_at: rfc3339(paid_at),
+            now: rfc3339(now),
+        });
+    }
+    match issued_at {
+        Some(issued_at) if paid_at < issued_at => Err(PaidAtError::BeforeIssue {
+            paid_at: rfc3339(paid_at),
+            issued_at: rfc3339(issued_at),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LineKind {
@@ -178,6 +213,35 @@ mod tests {
         for s in all {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn paid_at_lies_between_issue_and_now() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let issued = Some(t("2026-05-01T03:00:04Z"));
+        let now = t("2026-05-20T10:00:00Z");
+        for ok in [
+            "2026-05-01T03:00:04Z",
+            "2026-05-10T09:30:00Z",
+            "2026-05-20T10:00:00Z",
+        ] {
+            assert_eq!(check_paid_at(t(ok), issued, now), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_paid_at(t("2001-01-01T00:00:00Z"), issued, now)
+                .unwrap_err()
+                .to_string(),
+            "paid_at 2001-01-01T00:00:00Z precedes the invoice's issued_at 2026-05-01T03:00:04Z"
+        );
+        assert_eq!(
+            check_paid_at(t("2026-05-20T10:00:01Z"), issued, now)
+                .unwrap_err()
+                .to_string(),
+            "paid_at 2026-05-20T10:00:01Z is in the future (it may be at most now, \
+             2026-05-20T10:00:00Z)"
+        );
+        // A draft has no issue time; whether it may be paid at all is the status machine's.
+        assert_eq!(check_paid_at(t("2001-01-01T00:00:00Z"), None, now), Ok(()));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! [`to_cents`] is the one place where an exact amount becomes cents. Amounts that carry a
 //! proration (`active_days / period_days`) are passed as a numerator over that integer
 //! denominator, so even a price prorated over 31 days is rounded exactly once, from its exact
-//! rational value, half away from zero.
+//! rational value, half away from zero. [`fix_quantity`] rounds a line's quantity to
+//! [`QUANTITY_DECIMALS`] the same way, before anything is priced from it, and [`exact_mul`]
+//! multiplies without the silent rounding `Decimal`'s own multiplication falls back to.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -30,28 +32,85 @@ impl Exact {
     }
 }
 
-/// Rounds an exact amount to integer cents, half away from zero. The only rounding in invoicer.
+/// The most decimals a line's quantity has (CONTRACT.md section 3, v3): what a person reads
+/// on an invoice, and what `quantity × unit_price` is computed from.
+pub const QUANTITY_DECIMALS: u32 = 6;
+
+/// `amount` in units of `10^-places`, rounded half away from zero, as a signed integer.
 ///
-/// `numer` is `m / 10^s` (its mantissa and scale), so the amount in cents is the integer ratio
-/// `m·100 / (10^s·denom)`, computed exactly in 128-bit integers: `|m| < 2^96` and
-/// `10^s·denom ≤ 10^28·(2^32 − 1) < 2^126`, so nothing here can overflow.
-pub fn to_cents(amount: Exact) -> Result<i64, Overflow> {
-    let overflow = || Overflow(format!("{} / {}", amount.numer, amount.denom));
+/// `numer` is `m / 10^s` (its mantissa and scale), so the result is the integer ratio
+/// `m·10^places / (10^s·denom)`, computed exactly in 128-bit integers: for `places ≤ 6`,
+/// `|m|·10^places < 2^96·2^20`, and `10^s·denom ≤ 10^28·(2^32 − 1) < 2^126`, so nothing here
+/// can overflow.
+#[inline]
+fn round_to(amount: Exact, places: u32) -> Result<i128, Overflow> {
+    debug_assert!(places <= QUANTITY_DECIMALS);
     if amount.denom == 0 {
-        return Err(overflow());
+        return Err(Overflow(format!("{} / {}", amount.numer, amount.denom)));
     }
-    let magnitude = amount.numer.mantissa().unsigned_abs() * 100;
+    let magnitude = amount.numer.mantissa().unsigned_abs() * 10u128.pow(places);
     let divisor = 10u128.pow(amount.numer.scale()) * u128::from(amount.denom);
     let (mut q, rem) = (magnitude / divisor, magnitude % divisor);
     if rem >= divisor - rem {
         q += 1;
     }
-    let cents = i64::try_from(q).map_err(|_| overflow())?;
+    // q < 2^116: it fits.
+    let q = q as i128;
     Ok(if amount.numer.is_sign_negative() {
-        -cents
+        -q
     } else {
-        cents
+        q
     })
+}
+
+/// Rounds an exact amount to integer cents, half away from zero. The only rounding of money
+/// in invoicer.
+pub fn to_cents(amount: Exact) -> Result<i64, Overflow> {
+    let cents = round_to(amount, 2)?;
+    i64::try_from(cents).map_err(|_| Overflow(format!("{} / {}", amount.numer, amount.denom)))
+}
+
+/// A line's quantity from an exact (possibly prorated) one: rounded half away from zero to
+/// [`QUANTITY_DECIMALS`], without trailing zeros (`672`, `0.5`, `3.333333`). A line is priced
+/// from this quantity, never from the exact one, so the quantity shown multiplies back to the
+/// amount.
+pub fn fix_quantity(quantity: Exact) -> Result<Decimal, Overflow> {
+    // The usual case, a whole period's usage in whole or few decimals: nothing to round.
+    if quantity.denom == 1 && quantity.numer.scale() <= QUANTITY_DECIMALS {
+        return Ok(quantity.numer.normalize());
+    }
+    let units = round_to(quantity, QUANTITY_DECIMALS)?;
+    Decimal::try_from_i128_with_scale(units, QUANTITY_DECIMALS)
+        .map(|d| d.normalize())
+        .map_err(|_| Overflow(format!("quantity {} / {}", quantity.numer, quantity.denom)))
+}
+
+/// `a × b`, exactly or not at all. `Decimal`'s multiplication rounds a product that needs more
+/// than 28 decimals or 96 bits; a line amount computed from such a product would no longer be
+/// `quantity × unit_price`, so that is an overflow here.
+pub fn exact_mul(a: Decimal, b: Decimal) -> Result<Decimal, Overflow> {
+    // `Decimal` keeps the scale `sa + sb` exactly when it did not have to round (a product
+    // by zero aside, whose scale it drops; a tiny product rounded to zero is not exact).
+    let exact = |a: Decimal, b: Decimal| {
+        a.checked_mul(b)
+            .filter(|p| p.scale() == a.scale() + b.scale() || a.is_zero() || b.is_zero())
+    };
+    // Trailing zeros can push the scale past 28 when the value needs fewer: retry without.
+    exact(a, b)
+        .or_else(|| exact(a.normalize(), b.normalize()))
+        .ok_or_else(|| Overflow(format!("{a} × {b} is not exact in 28 decimals")))
+}
+
+/// A quantity as a person reads it: as stored, without trailing zeros, and never more than
+/// [`QUANTITY_DECIMALS`] (a line stored before quantities were fixed is shown rounded).
+pub fn quantity_text(quantity: Decimal) -> String {
+    quantity
+        .round_dp_with_strategy(
+            QUANTITY_DECIMALS,
+            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+        )
+        .normalize()
+        .to_string()
 }
 
 /// Cents as an exact decimal in currency units (`6422` → `64.22`).
@@ -233,6 +292,66 @@ mod tests {
             denom: 0
         })
         .is_err());
+    }
+
+    #[test]
+    fn quantities_are_fixed_to_six_decimals_half_away_from_zero() {
+        let cases = [
+            ("672", 1, "672"),
+            ("672.000", 1, "672"),
+            ("0.5", 1, "0.5"),
+            ("1", 30, "0.033333"),
+            ("100", 30, "3.333333"),
+            ("2", 3, "0.666667"),
+            ("0.0000005", 1, "0.000001"),
+            ("0.00000049", 1, "0"),
+            ("-2", 3, "-0.666667"),
+            ("17000", 31, "548.387097"),
+        ];
+        for (numer, denom, want) in cases {
+            let got = fix_quantity(Exact {
+                numer: d(numer),
+                denom,
+            })
+            .unwrap();
+            assert_eq!(got.to_string(), want, "{numer}/{denom}");
+        }
+        assert!(fix_quantity(Exact {
+            numer: Decimal::MAX,
+            denom: 3
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn exact_mul_refuses_to_round() {
+        assert_eq!(
+            exact_mul(d("0.033333"), d("0.15")).unwrap(),
+            d("0.00499995")
+        );
+        assert_eq!(exact_mul(d("50.00"), d("1")).unwrap(), d("50"));
+        assert_eq!(
+            exact_mul(d("0"), Decimal::new(1, 28)).unwrap(),
+            Decimal::ZERO
+        );
+        // 28 decimals × 2 decimals: `Decimal` alone would round this to 0.005.
+        let long = d("0.0333333333333333333333333333");
+        assert!(exact_mul(long, d("0.15")).is_err());
+        assert!(exact_mul(Decimal::MAX, d("2")).is_err());
+        assert!(exact_mul(Decimal::new(1, 20), Decimal::new(1, 10)).is_err());
+        assert_eq!(exact_mul(d("0.00"), d("7.5")).unwrap(), Decimal::ZERO);
+    }
+
+    #[test]
+    fn quantities_print_as_stored_with_at_most_six_decimals() {
+        assert_eq!(quantity_text(d("1")), "1");
+        assert_eq!(quantity_text(d("0.500000")), "0.5");
+        assert_eq!(quantity_text(d("566.666667")), "566.666667");
+        // A line stored before quantities were fixed.
+        assert_eq!(
+            quantity_text(d("0.5666666666666666666666666667")),
+            "0.566667"
+        );
     }
 
     #[test]

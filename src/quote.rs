@@ -3,8 +3,9 @@
 //! all call these, so a quoted price and an invoiced price cannot differ.
 //!
 //! Quantities that depend on the proration stay exact by carrying the period length as a common
-//! denominator: a usage `u` against an allowance `i` prorated by `a/D` is `(u·D − i·a) / D`, and an
-//! amount is rounded to cents once, from that exact fraction, by [`money::to_cents`].
+//! denominator: a usage `u` against an allowance `i` prorated by `a/D` is `(u·D − i·a) / D`. How
+//! a line's quantity, unit price and amount then follow from such exact values, so that they
+//! multiply back, is the rule on [`Priced`].
 
 use crate::catalog::{
     Addon, Catalog, Currency, OveragePrice, Plan, Proration, Subscription, TaxPolicy, Tenant,
@@ -74,7 +75,7 @@ fn overflow(what: &str) -> money::Overflow {
 }
 
 fn mul(a: Decimal, b: Decimal) -> Result<Decimal, money::Overflow> {
-    a.checked_mul(b).ok_or_else(|| overflow("multiplication"))
+    money::exact_mul(a, b)
 }
 
 fn sub(a: Decimal, b: Decimal) -> Result<Decimal, money::Overflow> {
@@ -94,12 +95,90 @@ fn scaled(x: Decimal, a: Decimal) -> Result<Decimal, money::Overflow> {
     }
 }
 
-/// `n / d` as a decimal for display on a line; exact whenever the fraction terminates.
-fn ratio(n: Decimal, d: u32) -> Decimal {
-    if d == 1 {
-        n.normalize()
-    } else {
-        (n / Decimal::from(d)).normalize()
+/// A line's quantity, unit price and amount, built so that the line multiplies back:
+/// `round(quantity × unit_price) = amount_cents`, exactly, with a quantity of at most
+/// [`money::QUANTITY_DECIMALS`] decimals (CONTRACT.md section 3, v3). There are two ways to
+/// build one, and every line with a unit price is built by one of them:
+///
+/// - [`Priced::units`]: a number of units at a price. The quantity is fixed to 6 decimals
+///   first ([`money::fix_quantity`]), and the amount is that quantity times the unit price,
+///   rounded once. A full period's base and add-ons are 1 × the list price (so a full period is
+///   exactly the list price); overage is its fixed quantity (566.666667 when usage exceeds a
+///   prorated allowance by 566.666…) × its per-unit or volume price; tax is the subtotal × the
+///   rate.
+/// - [`Priced::flat`]: a charge that is itself prorated or derived (a base or add-on for part
+///   of a period). Its exact value (the list price × `a/D`) is rounded once to the cent; the
+///   line is 1 × that rounded price, and its description says the days. No quantity of
+///   `a/D` ever appears, since most such fractions do not terminate.
+///
+/// A line kind added later follows the same rule: the v3 `commitment` true-up (a prorated
+/// minimum less the other lines) is a [`Priced::flat`] charge, never an `amount_cents` set
+/// beside a quantity and a price computed separately.
+struct Priced {
+    quantity: Decimal,
+    unit_price: Decimal,
+    amount_cents: i64,
+}
+
+impl Priced {
+    /// `quantity` as written if it has at most 6 decimals (`1`, a subtotal `64.22`, a quantity
+    /// [`money::fix_quantity`] fixed), else fixed here.
+    fn units(quantity: Decimal, unit_price: Decimal) -> Result<Priced, money::Overflow> {
+        let quantity = if quantity.scale() <= money::QUANTITY_DECIMALS {
+            quantity
+        } else {
+            money::fix_quantity(Exact::whole(quantity))?
+        };
+        let amount_cents = money::to_cents(Exact::whole(mul(quantity, unit_price)?))?;
+        Ok(Priced {
+            quantity,
+            unit_price,
+            amount_cents,
+        })
+    }
+
+    fn flat(amount: Exact) -> Result<Priced, money::Overflow> {
+        let amount_cents = money::to_cents(amount)?;
+        Ok(Priced {
+            quantity: Decimal::ONE,
+            unit_price: money::cents_to_decimal(amount_cents),
+            amount_cents,
+        })
+    }
+
+    /// A whole period at `price`, or `a/D` of one.
+    fn prorated(price: Decimal, a: u32, d: u32) -> Result<Priced, money::Overflow> {
+        if a == d {
+            // `units(1, price)`, without multiplying by one on the hot path.
+            Ok(Priced {
+                quantity: Decimal::ONE,
+                unit_price: price,
+                amount_cents: money::to_cents(Exact::whole(price))?,
+            })
+        } else {
+            Priced::flat(Exact {
+                numer: scaled(price, Decimal::from(a))?,
+                denom: d,
+            })
+        }
+    }
+
+    fn line(
+        self,
+        kind: LineKind,
+        deployment_id: Option<Uuid>,
+        resource_kind: Option<String>,
+        description: String,
+    ) -> QuoteLine {
+        QuoteLine {
+            kind,
+            deployment_id,
+            resource_kind,
+            description,
+            quantity: self.quantity,
+            unit_price: Some(self.unit_price),
+            amount_cents: self.amount_cents,
+        }
     }
 }
 
@@ -185,7 +264,6 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
     };
     let a_dec = Decimal::from(a);
     let d_dec = Decimal::from(d);
-    let fraction = ratio(a_dec, d);
     let partial = if a == d {
         String::new()
     } else {
@@ -194,31 +272,19 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
     let sym = symbol(currency);
 
     let mut lines = Vec::with_capacity(2 + addons.len() + usage.len());
-    lines.push(QuoteLine {
-        kind: LineKind::PlanBase,
+    lines.push(Priced::prorated(plan.base_price, a, d)?.line(
+        LineKind::PlanBase,
         deployment_id,
-        resource_kind: None,
-        description: concat(&["Plan: ", &plan.name, &partial]),
-        quantity: fraction,
-        unit_price: Some(plan.base_price),
-        amount_cents: money::to_cents(Exact {
-            numer: scaled(plan.base_price, a_dec)?,
-            denom: d,
-        })?,
-    });
+        None,
+        concat(&["Plan: ", &plan.name, &partial]),
+    ));
     for addon in addons {
-        lines.push(QuoteLine {
-            kind: LineKind::Addon,
+        lines.push(Priced::prorated(addon.price, a, d)?.line(
+            LineKind::Addon,
             deployment_id,
-            resource_kind: addon.resource_kind.clone(),
-            description: concat(&["Addon: ", &addon.name, &partial]),
-            quantity: fraction,
-            unit_price: Some(addon.price),
-            amount_cents: money::to_cents(Exact {
-                numer: scaled(addon.price, a_dec)?,
-                denom: d,
-            })?,
-        });
+            addon.resource_kind.clone(),
+            concat(&["Addon: ", &addon.name, &partial]),
+        ));
     }
 
     let mut unbilled_kinds = Vec::new();
@@ -238,46 +304,58 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
         if over <= Decimal::ZERO {
             continue;
         }
-        let quantity = ratio(over, d);
-        let (numer, unit_price, detail) = match price {
-            OveragePrice::PerUnit(p) => (
-                mul(over, *p)?,
-                Some(*p),
-                concat(&[&dec_text(quantity), " × ", sym, &p.to_string()]),
+        // The line's quantity, fixed before anything is priced from it (a tier chosen, an
+        // amount computed): usage over by less than half a millionth of a unit is not over.
+        let quantity = money::fix_quantity(Exact {
+            numer: over,
+            denom: d,
+        })?;
+        if quantity.is_zero() {
+            continue;
+        }
+        let description = |detail: &str| concat(&["Overage: ", kind, " (", detail, ")"]);
+        let line = match price {
+            OveragePrice::PerUnit(p) => Priced::units(quantity, *p)?.line(
+                LineKind::Overage,
+                deployment_id,
+                Some(kind.clone()),
+                description(&concat(&[&dec_text(quantity), " × ", sym, &p.to_string()])),
             ),
             OveragePrice::Tiered {
                 mode: TierMode::Volume,
                 tiers,
             } => {
-                let tier = volume_tier(tiers, over, d_dec)?;
-                (
-                    mul(over, tier)?,
-                    Some(tier),
-                    format!("{quantity} × {sym}{tier}"),
+                let tier = volume_tier(tiers, quantity)?;
+                Priced::units(quantity, tier)?.line(
+                    LineKind::Overage,
+                    deployment_id,
+                    Some(kind.clone()),
+                    description(&format!("{quantity} × {sym}{tier}")),
                 )
             }
             OveragePrice::Tiered {
                 mode: TierMode::Graduated,
                 tiers,
             } => {
-                let (numer, parts) = graduated(tiers, over, d)?;
+                // No single unit price produces the amount: the slices are in the description.
+                let (amount, parts) = graduated(tiers, quantity)?;
                 let detail = parts
                     .iter()
                     .map(|(q, p)| format!("{q} × {sym}{p}"))
                     .collect::<Vec<_>>()
                     .join(" + ");
-                (numer, None, detail)
+                QuoteLine {
+                    kind: LineKind::Overage,
+                    deployment_id,
+                    resource_kind: Some(kind.clone()),
+                    description: description(&detail),
+                    quantity,
+                    unit_price: None,
+                    amount_cents: money::to_cents(Exact::whole(amount))?,
+                }
             }
         };
-        lines.push(QuoteLine {
-            kind: LineKind::Overage,
-            deployment_id,
-            resource_kind: Some(kind.clone()),
-            description: concat(&["Overage: ", kind, " (", &detail, ")"]),
-            quantity,
-            unit_price,
-            amount_cents: money::to_cents(Exact { numer, denom: d })?,
-        });
+        lines.push(line);
     }
     Ok(SubscriptionQuote {
         lines,
@@ -285,32 +363,29 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
     })
 }
 
-/// The unit price of the tier the whole quantity (`over / D`) falls in.
+/// The unit price of the tier the whole quantity falls in.
 fn volume_tier(
     tiers: &[crate::catalog::Tier],
-    over: Decimal,
-    d: Decimal,
+    quantity: Decimal,
 ) -> Result<Decimal, money::Overflow> {
     for tier in tiers {
         match tier.up_to {
-            Some(up) if over > mul(up, d)? => continue,
+            Some(up) if quantity > up => continue,
             _ => return Ok(tier.unit_price),
         }
     }
     Err(overflow("tiers without an unbounded last tier"))
 }
 
-/// Sums each tier's share of `over / D` at that tier's price; returns the amount over `D` and
+/// Sums each tier's share of `quantity` at that tier's price; returns the exact amount and
 /// the (quantity, price) parts for the description.
 fn graduated(
     tiers: &[crate::catalog::Tier],
-    over: Decimal,
-    d: u32,
+    quantity: Decimal,
 ) -> Result<(Decimal, Vec<(Decimal, Decimal)>), money::Overflow> {
-    let d_dec = Decimal::from(d);
-    let mut remaining = over;
+    let mut remaining = quantity;
     let mut floor = Decimal::ZERO;
-    let mut numer = Decimal::ZERO;
+    let mut amount = Decimal::ZERO;
     let mut parts = Vec::new();
     for tier in tiers {
         if remaining <= Decimal::ZERO {
@@ -318,18 +393,17 @@ fn graduated(
         }
         let take = match tier.up_to {
             Some(up) => {
-                let ceiling = mul(up, d_dec)?;
-                let take = remaining.min(sub(ceiling, floor)?);
-                floor = ceiling;
+                let take = remaining.min(sub(up, floor)?);
+                floor = up;
                 take
             }
             None => remaining,
         };
-        numer = add(numer, mul(take, tier.unit_price)?)?;
+        amount = add(amount, mul(take, tier.unit_price)?)?;
         remaining = sub(remaining, take)?;
-        parts.push((ratio(take, d), tier.unit_price));
+        parts.push((take.normalize(), tier.unit_price));
     }
-    Ok((numer, parts))
+    Ok((amount, parts))
 }
 
 /// The tax line for a subtotal, or `None` for an exempt tenant.
@@ -339,15 +413,12 @@ pub fn tax_line(subtotal_cents: i64, tax: &TaxPolicy) -> Result<Option<QuoteLine
     }
     let base = money::cents_to_decimal(subtotal_cents);
     let percent = mul(tax.rate, Decimal::ONE_HUNDRED)?.normalize();
-    Ok(Some(QuoteLine {
-        kind: LineKind::Tax,
-        deployment_id: None,
-        resource_kind: None,
-        description: format!("{} {percent}%", tax.label),
-        quantity: base,
-        unit_price: Some(tax.rate),
-        amount_cents: money::to_cents(Exact::whole(mul(base, tax.rate)?))?,
-    }))
+    Ok(Some(Priced::units(base, tax.rate)?.line(
+        LineKind::Tax,
+        None,
+        None,
+        format!("{} {percent}%", tax.label),
+    )))
 }
 
 /// Totals a tenant's priced lines and appends its tax line.
@@ -375,6 +446,11 @@ pub fn finish(mut lines: Vec<QuoteLine>, tax: &TaxPolicy) -> Result<Quote, Quote
 pub struct MeteredSubscription {
     pub subscription: Subscription,
     pub usage: BTreeMap<String, Decimal>,
+    /// When the deployment's next subscription begins, whichever tenant holds it: a deployment
+    /// handed to another tenant is not among this tenant's subscriptions, so the caller looks
+    /// it up (`store::rollup::successors`). `None` when there is none, or none the caller
+    /// knows of beyond the subscriptions quoted beside this one (those are searched too).
+    pub next_from: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,13 +478,15 @@ pub fn quote_tenant(
     for m in subscriptions {
         let s = &m.subscription;
         // Subscriptions of one deployment never overlap, so its next one starts at or after
-        // this one's end.
+        // this one's end: the earliest of those quoted here and the one the caller found
+        // (another tenant's, on a handover).
         let next_from = s.ended_at.and_then(|end| {
             subscriptions
                 .iter()
                 .map(|o| &o.subscription)
                 .filter(|o| o.deployment_id == s.deployment_id && o.started_at >= end)
                 .map(|o| o.started_at)
+                .chain(m.next_from.filter(|n| *n >= end))
                 .min()
         });
         let plan = catalog

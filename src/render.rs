@@ -1,7 +1,7 @@
 //! Human-readable output for the terminal: tax invoices with lines grouped by deployment,
 //! quotes, invoice lists, and a rollup's summary. Each shows only what its value has.
 
-use crate::money::format_cents;
+use crate::money::{format_cents, quantity_text};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -16,8 +16,9 @@ fn s(v: &Value) -> &str {
 const TABLE_HEAD: (&str, &str, &str, &str) = ("Description", "Qty", "Unit price", "Amount");
 
 fn line_row(out: &mut String, indent: &str, line: &Value) {
+    // The quantity as stored (never cut short: a cut `566.666667` reads as another number).
     let qty = s(&line["quantity"]);
-    let qty = if qty.len() > 10 { &qty[..10] } else { qty };
+    let qty = crate::money::parse_decimal(qty).map_or_else(|_| qty.to_string(), quantity_text);
     let width = 46 - indent.len();
     let _ = writeln!(
         out,
@@ -246,6 +247,20 @@ mod tests {
         );
         assert!(text.contains("Total AUD"), "{text}");
         assert!(!text.contains("Deployment -"), "{text}");
+    }
+
+    #[test]
+    fn quantities_print_as_stored_with_at_most_six_decimals() {
+        let q = json!({"lines": [
+            {"kind": "overage", "deployment_id": null, "description": "Overage: gb_hours",
+             "quantity": "566.666667", "unit_price": "0.15", "amount_cents": 8500},
+            {"kind": "overage", "deployment_id": null, "description": "Overage: old",
+             "quantity": "0.5666666666666666666666666667", "unit_price": "0.15", "amount_cents": 9}],
+            "subtotal_cents": 8509, "tax_cents": 851, "total_cents": 9360});
+        let text = quote(&q, "Quote");
+        assert!(text.contains(" 566.666667 "), "{text}");
+        assert!(text.contains(" 0.566667 "), "{text}");
+        assert!(!text.contains("0.56666666"), "{text}");
     }
 
     #[test]

@@ -616,9 +616,9 @@ async fn a_plan_change_at_noon_on_the_16th_bills_15_days_on_each_plan() {
     assert_eq!(
         lines,
         vec![
-            line("Plan: Studio (15 of 30 days)", "0.5", 2500),
+            line("Plan: Studio (15 of 30 days)", "1", 2500),
             line("Overage: droplet_hours (56 × $0.01)", "56", 56),
-            line("Plan: Pro (15 of 30 days)", "0.5", 4500),
+            line("Plan: Pro (15 of 30 days)", "1", 4500),
             line("Overage: droplet_hours (56 × $0.01)", "56", 56),
             line("GST 10%", "71.12", 711),
         ]

@@ -1,7 +1,7 @@
 //! Every pricing rule of CONTRACT.md section 4, table-driven, and the engine's invariants as
 //! property tests. Pure: no services needed.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use invoicer::catalog::*;
 use invoicer::invoice::LineKind;
 use invoicer::money::parse_decimal;
@@ -186,7 +186,12 @@ fn daily_proration_scales_base_addons_and_allowance() {
         vec![2500, 375, 56]
     );
     assert_eq!(q.lines[0].description, "Plan: Studio (15 of 30 days)");
-    assert_eq!(q.lines[0].quantity, d("0.5"));
+    // A prorated charge is one unit at the prorated price (the days are in the description).
+    assert_eq!(
+        (q.lines[0].quantity, q.lines[0].unit_price),
+        (d("1"), Some(d("25.00")))
+    );
+    assert_eq!(q.lines[1].unit_price, Some(d("3.75")));
     assert_eq!(q.lines[2].quantity, d("56"));
 }
 
@@ -295,6 +300,7 @@ fn plan_change_at_noon_on_the_16th_of_a_30_day_month_splits_it_15_and_15() {
     ]
     .map(|subscription| MeteredSubscription {
         subscription,
+        next_from: None,
         // 800 h before the change and 800 after, each against half an allowance of 1488.
         usage: usage(&[("droplet_hours", "800")]),
     });
@@ -316,11 +322,11 @@ fn plan_change_at_noon_on_the_16th_of_a_30_day_month_splits_it_15_and_15() {
     assert_eq!(
         got,
         vec![
-            ("Plan: Studio (15 of 30 days)", "0.5".into(), 2500),
-            ("Addon: storage_50gb (15 of 30 days)", "0.5".into(), 375),
+            ("Plan: Studio (15 of 30 days)", "1".into(), 2500),
+            ("Addon: storage_50gb (15 of 30 days)", "1".into(), 375),
             ("Overage: droplet_hours (56 × $0.01)", "56".into(), 56),
-            ("Plan: Pro (15 of 30 days)", "0.5".into(), 4500),
-            ("Addon: storage_50gb (15 of 30 days)", "0.5".into(), 375),
+            ("Plan: Pro (15 of 30 days)", "1".into(), 4500),
+            ("Addon: storage_50gb (15 of 30 days)", "1".into(), 375),
             ("Overage: droplet_hours (56 × $0.01)", "56".into(), 56),
             ("GST 10%", "78.62".into(), 786),
         ]
@@ -337,6 +343,44 @@ fn plan_change_at_noon_on_the_16th_of_a_30_day_month_splits_it_15_and_15() {
     .unwrap()
     .quote;
     assert_eq!(again.total_cents, q.total_cents);
+}
+
+#[test]
+fn a_deployment_handed_to_another_tenant_cedes_the_handover_day() {
+    // Alpha hands the deployment over at noon on the 16th; the next subscription is another
+    // tenant's, so it is not quoted here: its start comes in as data (the store's lookup).
+    let dep = Uuid::new_v4();
+    let handover = "2026-04-16T12:00:00Z";
+    let catalog = catalog_of(vec![studio()]);
+    let tenant = Tenant::with_defaults(TenantId::parse("alpha").unwrap());
+    let base_of = |next_from: Option<&str>| {
+        let m = MeteredSubscription {
+            subscription: subscription("studio", "2026-01-01T00:00:00Z", Some(handover), dep),
+            usage: BTreeMap::new(),
+            next_from: next_from.map(ts),
+        };
+        let q = quote_tenant(&tenant, &[m], &catalog, april())
+            .unwrap()
+            .quote;
+        (q.lines[0].description.clone(), q.lines[0].amount_cents)
+    };
+    // Handed over that day: the 16th is the next holder's.
+    assert_eq!(
+        base_of(Some(handover)),
+        ("Plan: Studio (15 of 30 days)".to_string(), 2500)
+    );
+    assert_eq!(
+        base_of(Some("2026-04-16T20:00:00Z")),
+        ("Plan: Studio (15 of 30 days)".to_string(), 2500)
+    );
+    // No successor, or one from the next day: the 16th stays alpha's.
+    for next in [None, Some("2026-04-17T00:00:00Z")] {
+        assert_eq!(
+            base_of(next),
+            ("Plan: Studio (16 of 30 days)".to_string(), 2667),
+            "{next:?}"
+        );
+    }
 }
 
 #[test]
@@ -359,6 +403,7 @@ fn a_subscription_whose_only_day_went_to_the_next_bills_its_usage_but_no_base() 
     ]
     .map(|subscription| MeteredSubscription {
         subscription,
+        next_from: None,
         usage: usage(&[("droplet_hours", "10")]),
     });
     let tenant = Tenant::with_defaults(TenantId::parse("acme").unwrap());
@@ -682,6 +727,7 @@ proptest! {
                     ended_at: starts.get(i + 1).copied(),
                 },
                 usage: BTreeMap::new(),
+                next_from: None,
             })
             .collect();
         // As the store does, only subscriptions active in the period (a change at midnight
@@ -741,5 +787,192 @@ proptest! {
         let cents = q.lines.get(1).map_or(0, |l| l.amount_cents);
         prop_assert!(cents <= over); // top rate is 1c
         prop_assert!(cents >= (Decimal::from(over) * Decimal::new(5, 1)).floor().try_into().unwrap_or(0i64));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lines multiply back (CONTRACT.md section 3, v3)
+// ---------------------------------------------------------------------------------------------
+
+/// `round(quantity × unit_price)`, from the exact product (which must exist).
+fn multiplied_back(quantity: Decimal, unit_price: Decimal) -> i64 {
+    let product = quantity.checked_mul(unit_price).unwrap();
+    assert!(
+        product.is_zero() || product.scale() == quantity.scale() + unit_price.scale(),
+        "{quantity} × {unit_price} = {product} is not exact"
+    );
+    invoicer::money::to_cents(invoicer::money::Exact::whole(product)).unwrap()
+}
+
+#[test]
+fn prorated_lines_multiply_back_table() {
+    // The case: 7 of 30 days, an allowance of 1700 prorated to 396.666…, 396.7 used:
+    // 0.0333… over at 0.15 is exactly half a cent, but the line's quantity is 0.033333, and
+    // 0.033333 × 0.15 rounds to 0.
+    let mut plan = studio();
+    plan.base_price = d("10.00");
+    plan.included = [("gb_hours".to_string(), d("1700"))].into();
+    plan.overage = [("gb_hours".to_string(), OveragePrice::PerUnit(d("0.15")))].into();
+    let (addon, cheap) = (
+        storage(),
+        Addon {
+            price: d("0.10"),
+            ..storage()
+        },
+    );
+    let cases = [
+        ("396.7", "2026-04-24T00:00:00Z", "0.033333", 0),
+        ("400", "2026-04-24T00:00:00Z", "3.333333", 50),
+        // 10 of May's 31 days: 1700 × 10/31 = 548.387096…, 600 used: 51.612903… over.
+        ("600", "2026-05-22T00:00:00Z", "51.612903", 774),
+    ];
+    for (used, from, qty, cents) in cases {
+        let period = Period::monthly(ts(from).date_naive().with_day(1).unwrap()).unwrap();
+        let q = quote_subscription(&SubscriptionInput {
+            deployment_id: None,
+            plan: &plan,
+            addons: &[&addon, &cheap],
+            usage: &usage(&[("gb_hours", used)]),
+            period,
+            active_from: ts(from),
+            active_to: None,
+            next_from: None,
+            currency: &Currency::aud(),
+        })
+        .unwrap();
+        let overage = q
+            .lines
+            .iter()
+            .find(|l| l.kind == LineKind::Overage)
+            .unwrap();
+        assert_eq!(
+            (overage.quantity.to_string(), overage.amount_cents),
+            (qty.to_string(), cents),
+            "{used} from {from}"
+        );
+        for l in &q.lines {
+            assert_eq!(
+                multiplied_back(l.quantity, l.unit_price.unwrap()),
+                l.amount_cents,
+                "{l:?}"
+            );
+        }
+    }
+}
+
+fn period_strategy() -> impl Strategy<Value = Period> {
+    (2024i32..=2027, 1u32..=12).prop_map(|(y, m)| {
+        Period::monthly(chrono::NaiveDate::from_ymd_opt(y, m, 1).unwrap()).unwrap()
+    })
+}
+
+fn tiers_strategy() -> impl Strategy<Value = Vec<Tier>> {
+    (
+        proptest::collection::vec((1i64..5_000_000, 0u32..4), 0..3),
+        proptest::collection::vec((0i64..100_000, 0u32..6), 3),
+    )
+        .prop_map(|(bounds, prices)| {
+            let mut up: Vec<Decimal> = bounds.iter().map(|(m, s)| Decimal::new(*m, *s)).collect();
+            up.sort();
+            up.dedup();
+            let mut tiers: Vec<Tier> = up
+                .iter()
+                .zip(&prices)
+                .map(|(u, (m, s))| Tier {
+                    up_to: Some(*u),
+                    unit_price: Decimal::new(*m, *s),
+                })
+                .collect();
+            let (m, s) = prices[2];
+            tiers.push(Tier {
+                up_to: None,
+                unit_price: Decimal::new(m, s),
+            });
+            tiers
+        })
+}
+
+fn overage_strategy() -> impl Strategy<Value = OveragePrice> {
+    prop_oneof![
+        (0i64..10_000_000, 2u32..7).prop_map(|(m, s)| OveragePrice::PerUnit(Decimal::new(m, s))),
+        tiers_strategy().prop_map(|t| OveragePrice::tiered(TierMode::Volume, t).unwrap()),
+        tiers_strategy().prop_map(|t| OveragePrice::tiered(TierMode::Graduated, t).unwrap()),
+    ]
+}
+
+proptest! {
+    /// Any plan, any period (28 to 31 days), any window and any usage (with more decimals than
+    /// a line shows): every line with a unit price multiplies back to its amount, every
+    /// quantity has at most 6 decimals, the lines sum to the subtotal, and a full period is
+    /// exactly the list price.
+    #[test]
+    fn every_priced_line_multiplies_back(
+        period in period_strategy(),
+        base in money_strategy(),
+        addon_prices in proptest::collection::vec(money_strategy(), 0..3),
+        included in (0i64..100_000_000, 0u32..4).prop_map(|(m, s)| Decimal::new(m, s)),
+        used in (0i64..100_000_000_000, 0u32..10).prop_map(|(m, s)| Decimal::new(m, s)),
+        overage in overage_strategy(),
+        daily in any::<bool>(),
+        (from_day, from_hour) in (0i64..31, 0i64..24),
+        to_hours in proptest::option::of(1i64..1500),
+        next_after in proptest::option::of(0i64..30),
+        rate in 0i64..100,
+    ) {
+        let plan = Plan {
+            base_price: base,
+            included: [("k".to_string(), included)].into(),
+            overage: [("k".to_string(), overage)].into(),
+            proration: if daily { Proration::Daily } else { Proration::None },
+            ..studio()
+        };
+        let addons: Vec<Addon> = addon_prices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Addon { code: format!("a{i}"), name: format!("A{i}"), price: *p, ..storage() })
+            .collect();
+        let addon_refs: Vec<&Addon> = addons.iter().collect();
+        let used = usage(&[("k", &used.to_string())]);
+        let from = period.start_at()
+            + chrono::Duration::days(from_day.min(period.days() - 1))
+            + chrono::Duration::hours(from_hour);
+        let to = to_hours.map(|h| from + chrono::Duration::hours(h));
+        let next = to.zip(next_after).map(|(to, h)| to + chrono::Duration::hours(h));
+        let quote = |active_from, active_to, next_from| {
+            quote_subscription(&SubscriptionInput {
+                deployment_id: Some(Uuid::nil()),
+                plan: &plan,
+                addons: &addon_refs,
+                usage: &used,
+                period,
+                active_from,
+                active_to,
+                next_from,
+                currency: &Currency::aud(),
+            })
+            .unwrap()
+        };
+        let tax = TaxPolicy::new(Decimal::new(rate, 2), "GST".into(), false).unwrap();
+        let q = finish(quote(from, to, next).lines, &tax).unwrap();
+        for l in &q.lines {
+            prop_assert!(l.quantity.scale() <= 6, "{:?}", l);
+            if let Some(p) = l.unit_price {
+                prop_assert_eq!(multiplied_back(l.quantity, p), l.amount_cents, "{:?}", l);
+            }
+        }
+        let non_tax: i64 = q.lines.iter().filter(|l| l.kind != LineKind::Tax).map(|l| l.amount_cents).sum();
+        prop_assert_eq!(non_tax, q.subtotal_cents);
+        prop_assert_eq!(q.total_cents, q.subtotal_cents + q.tax_cents);
+
+        // The whole period: 1 × the list price, to the cent.
+        let full = quote(period.start_at() - chrono::Duration::days(1), None, None);
+        let prices = std::iter::once(base).chain(addon_prices.iter().copied());
+        for (l, price) in full.lines.iter().zip(prices) {
+            prop_assert_eq!((l.quantity, l.unit_price), (Decimal::ONE, Some(price)));
+            prop_assert!(!l.description.contains(" days)"), "{:?}", l);
+            if price.scale() <= 2 {
+                prop_assert_eq!(Decimal::from(l.amount_cents), price * Decimal::ONE_HUNDRED);
+            }
+        }
     }
 }

@@ -57,6 +57,7 @@ pub fn sample() -> (Tenant, Catalog, Vec<MeteredSubscription>) {
             ("gb_hours".to_string(), dec("900")),
         ]
         .into(),
+        next_from: None,
     };
     (tenant, catalog, vec![sub])
 }

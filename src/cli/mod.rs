@@ -183,7 +183,7 @@ pub enum InvoicesCommand {
     /// Mark an issued invoice paid.
     MarkPaid {
         id: String,
-        /// RFC 3339 time of payment (default now).
+        /// RFC 3339 time of payment, between the invoice's issue and now (default now).
         #[arg(long)]
         paid_at: Option<String>,
     },

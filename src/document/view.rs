@@ -236,7 +236,7 @@ fn group_lines(lines: &[Line], currency: &str, taxed: bool, tax_name: &str) -> V
                 .into_iter()
                 .map(|l| LineView {
                     description: l.line.description.clone(),
-                    quantity: l.line.quantity.normalize().to_string(),
+                    quantity: crate::money::quantity_text(l.line.quantity),
                     unit_price: l
                         .line
                         .unit_price
@@ -762,6 +762,22 @@ pub(crate) mod tests {
         assert_eq!(v.groups[1].subtotal, "$34.00");
         assert_eq!(v.groups[1].lines[0].unit_price, "$20.00");
         assert_eq!(v.groups[1].lines[1].unit_price, "tiered");
+    }
+
+    #[test]
+    fn quantities_are_printed_as_stored_with_at_most_six_decimals() {
+        let mut inv = seed_invoice();
+        let lines = inv.lines.as_mut().unwrap();
+        lines[2].line.quantity = "566.666667".parse().unwrap();
+        // A line stored before quantities were fixed to 6 decimals.
+        lines[1].line.quantity = "0.5666666666666666666666666667".parse().unwrap();
+        let v = view(&inv, &Related::default());
+        let qty: Vec<_> = v.groups[0]
+            .lines
+            .iter()
+            .map(|l| l.quantity.as_str())
+            .collect();
+        assert_eq!(qty, ["1", "0.566667", "566.666667"]);
     }
 
     #[test]

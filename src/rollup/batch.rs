@@ -52,6 +52,7 @@ pub async fn run(
     let overlaps = invoices::overlapping(tx, tenant_ids, req.period).await?;
     clock.lap("lock");
     let subs = q::subscriptions(tx, tenant_ids, req.period).await?;
+    let successors = q::successors(tx, tenant_ids, req.period).await?;
     clock.lap("subscriptions");
     let mut usage = q::usage(tx, tenant_ids, req.period).await?;
     clock.lap("usage");
@@ -72,6 +73,7 @@ pub async fn run(
             .or_insert(Ok(vec![]));
         match (usage.take(s.id), entry) {
             (Ok(usage), Ok(metered)) => metered.push(MeteredSubscription {
+                next_from: successors.get(&s.id).copied(),
                 subscription: s,
                 usage,
             }),
