@@ -63,6 +63,8 @@ pub async fn refresh(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<us
             ids,
             now,
             &grace,
+            // A refresh never issues.
+            None,
         )
         .await?;
         drafts += counts.drafted;
