@@ -1,17 +1,23 @@
-//! Promises of CONTRACT.md v3, end to end on real services:
+//! Two promises of CONTRACT.md v3, end to end on real services:
 //!
 //! - 5b: an issued invoice's document never changes. The seller and the recipient it shows are
 //!   those in force when it was issued, whichever path issued it; a later rename of the tenant,
 //!   or a replica configured with another `SELLER_*`, does not rewrite it. A draft is not a tax
 //!   invoice and shows the current details.
+//! - 8: the events of one invoice are published in the order they happened (issued before paid
+//!   or voided), even when the issued event's publish fails and backs off, and whatever number
+//!   of relays run.
 
 mod common;
 
+use async_nats::jetstream;
 use base64::Engine;
 use common::*;
 use invoicer::config::{SellerArgs, WorkerArgs};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -494,4 +500,294 @@ async fn the_database_refuses_to_change_recorded_parties_or_to_issue_without_the
     run("UPDATE invoices SET status = 'paid', paid_at = now() WHERE number = 1")
         .await
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events of one invoice in order (CONTRACT.md 8).
+// ---------------------------------------------------------------------------------------------
+
+/// Narrows `BILLING_EVENTS` so that it refuses `billing.invoice.issued` (JetStream answers "no
+/// stream" for it, a failure the relay counts against the row and backs off from) and takes
+/// everything else, or restores it.
+async fn refuse_issued(js: &jetstream::Context, refuse: bool) {
+    let mut stream = js.get_stream("BILLING_EVENTS").await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    let invoice_subjects: &[&str] = if refuse {
+        &[
+            "billing.invoice.paid",
+            "billing.invoice.voided",
+            "billing.invoice.drafted",
+        ]
+    } else {
+        &["billing.invoice.>"]
+    };
+    config
+        .subjects
+        .retain(|s| !s.starts_with("billing.invoice."));
+    config
+        .subjects
+        .extend(invoice_subjects.iter().map(|s| s.to_string()));
+    js.update_stream(config).await.unwrap();
+}
+
+/// For every invoice, its events as stored in `BILLING_EVENTS`: (stream sequence, subject).
+async fn events_by_invoice(app: &TestApp) -> HashMap<String, Vec<(u64, String)>> {
+    let mut out: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    for e in app.events().await.events {
+        if e.subject.starts_with("billing.invoice.") {
+            out.entry(e.payload["id"].as_str().unwrap().to_string())
+                .or_default()
+                .push((e.seq, e.subject));
+        }
+    }
+    out
+}
+
+/// The issued event of every invoice fails to publish (the stream refuses its subject) and backs
+/// off; meanwhile each invoice is paid or voided, whose events the stream accepts. With two
+/// replicas relaying, every invoice's events must still be in the stream in the order they
+/// happened: issued, then paid or voided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_and_voided_events_never_overtake_an_issued_event_that_backs_off() {
+    const TENANTS: i64 = 20;
+    let mut app = TestApp::with_worker().await;
+    app.run_worker(WorkerArgs::default()).await;
+    load_seed_catalog(&app.client).await;
+    app.bulk_tenants("t", TENANTS, None).await;
+    refuse_issued(&app.js, true).await;
+
+    let done = rollup(&app.js, json!({"period_start": "2026-04-01"})).await;
+    assert_eq!(done["invoices_issued"], TENANTS, "{done}");
+    wait_until(
+        "every issued event has failed once and backs off",
+        || async {
+            count(
+            &app.db,
+            "SELECT count(*) FROM outbox WHERE subject = 'billing.invoice.issued' AND attempts > 0",
+        )
+        .await
+            == TENANTS
+        },
+    )
+    .await;
+
+    let invoices = app
+        .ok("billing.admin.invoices.list", json!({"limit": 500}))
+        .await;
+    for (i, inv) in invoices["invoices"].as_array().unwrap().iter().enumerate() {
+        let id = id_of(inv);
+        if i % 2 == 0 {
+            app.ok(
+                "billing.admin.invoices.mark_paid",
+                json!({ "id": id, "paid_at": "2026-05-02T00:00:00Z" }),
+            )
+            .await;
+        } else {
+            app.ok(
+                "billing.admin.invoices.void",
+                json!({"id": id, "reason": "test"}),
+            )
+            .await;
+        }
+    }
+    // A later event with no invoice of its own: once it is in the stream, the relays have gone
+    // past every row before it that was theirs to publish.
+    let marker = rollup(&app.js, json!({"period_start": "2020-01-01"})).await;
+    assert_eq!(marker["invoices_issued"], 0, "{marker}");
+
+    refuse_issued(&app.js, false).await;
+    app.outbox_drained(Duration::from_secs(60)).await;
+    let events = events_by_invoice(&app).await;
+    assert_eq!(events.len() as i64, TENANTS, "{events:?}");
+    let mut out_of_order = Vec::new();
+    for (id, mut evs) in events {
+        evs.sort();
+        let subjects: Vec<&str> = evs.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(subjects.len(), 2, "{id}: {evs:?}");
+        if subjects[0] != "billing.invoice.issued" {
+            out_of_order.push(format!("{id}: {evs:?}"));
+        }
+    }
+    assert!(
+        out_of_order.is_empty(),
+        "{} of {TENANTS} invoices were announced out of order (stream seq, subject):\n{}",
+        out_of_order.len(),
+        out_of_order.join("\n")
+    );
+}
+
+/// Tasks stopped when the test ends, however it ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// The claim itself, with four relays claiming at once (straight on the outbox, no NATS): 300
+/// invoices with three events each and unkeyed events between them; some first events fail
+/// and back off, one is parked. No relay ever holds two events of one invoice at once, each
+/// invoice's events are "published" in the order they were written, and a parked event holds
+/// back the later events of its invoice, which follow it once it is put back in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_claiming_at_once_keep_each_invoices_events_in_order() {
+    use invoicer::store::outbox::{self, Failure};
+    const INVOICES: i64 = 300;
+    let db = TestDb::new().await;
+    // Written step by step, as a month end and its payments would be: every invoice's drafted
+    // event, then issued, then paid, with an unkeyed event after each invoice's.
+    sqlx::query(
+        "INSERT INTO outbox (subject, msg_id, payload, ordering_key)
+         SELECT CASE WHEN k THEN 'billing.invoice.e' ELSE 'billing.usage.late' END,
+                CASE WHEN k THEN 'inv' || i || ':' || step ELSE 'late:' || i || ':' || step END,
+                '{}', CASE WHEN k THEN 'invoice:' || i END
+         FROM generate_series(1, 3) step, generate_series(1, $1::int) i, (VALUES (true), (false)) v(k)
+         ORDER BY step, i, k DESC",
+    )
+    .bind(INVOICES)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let in_flight: Arc<Mutex<HashSet<String>>> = Default::default();
+    let published: Arc<Mutex<Vec<String>>> = Default::default();
+    let failed_once: Arc<Mutex<HashSet<String>>> = Default::default();
+    let park_13 = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let overlaps: Arc<Mutex<Vec<String>>> = Default::default();
+    let relay = |n: usize| {
+        let (pool, in_flight, published, failed_once, park_13, overlaps) = (
+            db.pool.clone(),
+            in_flight.clone(),
+            published.clone(),
+            failed_once.clone(),
+            park_13.clone(),
+            overlaps.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let claimed = outbox::claim(&pool, 40, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                let mut done = Vec::new();
+                let mut failures = Vec::new();
+                for p in &claimed {
+                    let Some((invoice, step)) = p.msg_id.split_once(':') else {
+                        continue;
+                    };
+                    if p.msg_id.starts_with("late:") {
+                        done.push(p.id);
+                        continue;
+                    }
+                    if !in_flight.lock().unwrap().insert(invoice.to_string()) {
+                        overlaps.lock().unwrap().push(format!(
+                            "relay {n} claimed {} while another event of {invoice} was in flight",
+                            p.msg_id
+                        ));
+                    }
+                    // Every 7th invoice's first event fails once and backs off; invoice 13's
+                    // is parked the first time.
+                    let number: i64 = invoice[3..].parse().unwrap();
+                    let first = step == "1";
+                    if first && number == 13 && park_13.swap(false, Ordering::SeqCst) {
+                        failures.push((p.id, true, invoice.to_string()));
+                    } else if first
+                        && number % 7 == 0
+                        && failed_once.lock().unwrap().insert(invoice.to_string())
+                    {
+                        failures.push((p.id, false, invoice.to_string()));
+                    } else {
+                        published.lock().unwrap().push(p.msg_id.clone());
+                        done.push(p.id);
+                    }
+                }
+                tokio::task::yield_now().await;
+                outbox::mark_published(&pool, &done).await.unwrap();
+                let records: Vec<Failure> = failures
+                    .iter()
+                    .map(|(id, park, _)| Failure {
+                        id: *id,
+                        error: "refused".into(),
+                        park: *park,
+                        retry_in: Duration::from_millis(300),
+                    })
+                    .collect();
+                outbox::record_failures(&pool, &records).await.unwrap();
+                let mut flying = in_flight.lock().unwrap();
+                for p in &claimed {
+                    if let Some((invoice, _)) = p.msg_id.split_once(':') {
+                        flying.remove(invoice);
+                    }
+                }
+            }
+        })
+    };
+    let _relays = AbortOnDrop((0..4).map(relay).collect());
+    let overlapped = || !overlaps.lock().unwrap().is_empty();
+    let others_waiting = "SELECT count(*) FROM outbox
+                          WHERE published_at IS NULL AND msg_id NOT LIKE 'inv13:%'";
+    wait_until("every event but the parked invoice's is out", || async {
+        overlapped() || count(&db, others_waiting).await == 0
+    })
+    .await;
+    let overlaps = overlaps.lock().unwrap().clone();
+    assert!(overlaps.is_empty(), "{}", overlaps.join("\n"));
+    let out_of_order = |published: &[String]| {
+        let mut steps: HashMap<&str, Vec<&str>> = HashMap::new();
+        for msg_id in published {
+            let (invoice, step) = msg_id.split_once(':').unwrap();
+            steps.entry(invoice).or_default().push(step);
+        }
+        let mut bad: Vec<String> = steps
+            .into_iter()
+            .filter(|(_, s)| !s.is_sorted())
+            .map(|(invoice, s)| format!("{invoice}: {s:?}"))
+            .collect();
+        bad.sort();
+        bad
+    };
+    let bad = out_of_order(&published.lock().unwrap());
+    assert!(
+        bad.is_empty(),
+        "{} invoices' events published out of order (steps in publishing order): {}",
+        bad.len(),
+        bad.join(", ")
+    );
+    assert!(
+        count(&db, "SELECT count(*) FROM outbox WHERE attempts > 0").await > INVOICES / 7,
+        "first events failed and backed off"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE msg_id LIKE 'inv13:%' AND published_at IS NULL"
+        )
+        .await,
+        3,
+        "the parked event holds back the later events of its invoice"
+    );
+    // Put back in line, it goes out (only its first attempt was refused), then the rest.
+    assert_eq!(outbox::unpark(&db.pool, None).await.unwrap(), 1);
+    wait_until("the parked invoice's events follow it", || async {
+        count(
+            &db,
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        )
+        .await
+            == 0
+    })
+    .await;
+    let published = published.lock().unwrap().clone();
+    assert_eq!(
+        published.len() as i64,
+        INVOICES * 3,
+        "every keyed event, once"
+    );
+    assert_eq!(out_of_order(&published), Vec::<String>::new());
 }

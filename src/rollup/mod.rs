@@ -314,6 +314,7 @@ pub fn invoice_event(inv: &Invoice) -> Event {
         .event_subject()
         .unwrap_or("billing.invoice.draft");
     Event::new(subject, format!("{}:{}", inv.id, inv.status.as_str()), inv)
+        .of(outbox::Aggregate::Invoice(inv.id))
 }
 
 fn completed_event(run: &Run, counts: BatchCounts, unbilled: i64, now: DateTime<Utc>) -> Completed {
