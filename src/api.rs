@@ -2,7 +2,7 @@
 //! JSON value or a typed error out. `bus::service` puts them on NATS.
 
 use crate::catalog::{Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId};
-use crate::document::{self, Format, Related, Seller, TaxInvoiceView};
+use crate::document::{self, Format, Parties, Recipient, Related, Seller, TaxInvoiceView};
 use crate::error::{Error, Result};
 use crate::invoice::{check_paid_at, format_number, Invoice, Status};
 use crate::money::Dec;
@@ -311,11 +311,7 @@ async fn render(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
     })?;
     let mut conn = ctx.pool.acquire().await?;
     let invoice = store::invoices::get(&mut conn, req.id, scope_tenant(scope)).await?;
-    let tenant_id = TenantId::parse(&invoice.tenant_id)?;
-    let legal = store::catalog::tenant(&mut *conn, &tenant_id)
-        .await?
-        .map(|t| t.legal)
-        .unwrap_or_default();
+    let (seller, recipient) = document_parties(&mut conn, &invoice, seller).await?;
     let related_ids: Vec<Uuid> = [invoice.superseded_by, invoice.supersedes]
         .into_iter()
         .flatten()
@@ -333,7 +329,7 @@ async fn render(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
         replaces: related_of(invoice.supersedes),
     };
     let view =
-        TaxInvoiceView::build(&invoice, seller, &legal, &related).map_err(Error::internal)?;
+        TaxInvoiceView::build(&invoice, &seller, &recipient, &related).map_err(Error::internal)?;
     // Laying out and subsetting fonts is CPU work: keep it off the async workers.
     let bytes = tokio::task::spawn_blocking(move || document::render(&view, format))
         .await
@@ -354,6 +350,45 @@ async fn render(ctx: &Ctx<'_>, scope: &Scope, payload: &[u8]) -> Result<Value> {
         )));
     }
     Ok(json!({"content_type": format.content_type(), "body": body}))
+}
+
+/// Who a document shows (CONTRACT.md 5b). An issued invoice (paid or void since, too) shows the
+/// parties it recorded when it was issued; one that did not record them all (issued before they
+/// were recorded, or by a worker without a supplier) gets the rest from who is in force now,
+/// recorded by this first render so that every later one shows the same. A draft, even a void
+/// one, was never a tax invoice: it shows who is in force now and records nothing.
+async fn document_parties(
+    conn: &mut sqlx::PgConnection,
+    invoice: &Invoice,
+    seller_now: &Seller,
+) -> Result<(Seller, Recipient)> {
+    let issued = invoice.number.is_some();
+    let recorded = invoice.parties.as_ref().filter(|_| issued);
+    if let Some(Parties {
+        seller: Some(seller),
+        recipient,
+    }) = recorded
+    {
+        return Ok((seller.clone(), recipient.clone()));
+    }
+    let tenant_id = TenantId::parse(&invoice.tenant_id)?;
+    let legal = store::catalog::tenant(&mut *conn, &tenant_id)
+        .await?
+        .map(|t| t.legal)
+        .unwrap_or_default();
+    let recipient_now = Recipient::of(tenant_id.as_str(), &legal);
+    if !issued {
+        return Ok((seller_now.clone(), recipient_now));
+    }
+    let completed = Parties::completed(recorded, seller_now, recipient_now);
+    let recorded = store::invoices::record_parties(conn, invoice.id, &completed).await?;
+    let seller = recorded.seller.ok_or_else(|| {
+        Error::internal(format!(
+            "invoice {}: its supplier was not recorded",
+            invoice.id
+        ))
+    })?;
+    Ok((seller, recorded.recipient))
 }
 
 #[derive(Deserialize)]
@@ -475,7 +510,7 @@ async fn transition(ctx: &Ctx<'_>, payload: &[u8], to: Status) -> Result<Value> 
     // far, then numbered (CONTRACT.md section 5a), so usage that arrived while it was a draft
     // is billed.
     if to == Status::Issued {
-        let issued = crate::rollup::finalize::early(&mut tx, &inv, now).await?;
+        let issued = crate::rollup::finalize::early(&mut tx, &inv, now, ctx.seller).await?;
         tx.commit().await?;
         ctx.relay.notify_one();
         return to_value(issued);

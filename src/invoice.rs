@@ -182,6 +182,11 @@ pub struct Invoice {
     pub void_reason: Option<String>,
     pub supersedes: Option<Uuid>,
     pub superseded_by: Option<Uuid>,
+    /// Who its document is from and to, recorded when it was issued (CONTRACT.md 5b); `None`
+    /// for a draft, and for an invoice issued before parties were recorded. Not in the
+    /// contract's invoice JSON.
+    #[serde(skip)]
+    pub parties: Option<crate::document::Parties>,
     /// Absent in list replies, which carry invoices without lines.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<Line>>,

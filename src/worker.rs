@@ -83,6 +83,7 @@ pub async fn run(
         retry: RetryWindow(args.rollup_retry_window),
         worker_id: bus::work::worker_id(),
         grace: args.grace_period.clone(),
+        seller: seller.clone(),
         relay: notify.clone(),
         shutdown: stop.clone(),
     };
@@ -91,6 +92,7 @@ pub async fn run(
         pool: pool.clone(),
         batch: args.rollup_batch_size,
         every: bus::drafts::EVERY,
+        seller: seller.clone(),
         relay: notify.clone(),
         shutdown: stop.clone(),
     };

@@ -12,9 +12,10 @@ async fn invoice(db: &TestDb, tenant: &str, month: u32, status: &str, number: Op
     let id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO invoices (id, number, tenant_id, period_start, period_end, currency, status,
-           subtotal_cents, tax_cents, total_cents, issued_at)
+           subtotal_cents, tax_cents, total_cents, issued_at, recipient_name)
          VALUES ($1, $2, $3, make_date(2026, $4, 1), make_date(2026, $4 + 1, 1), 'AUD', $5,
-           0, 0, 0, CASE WHEN $5 = 'draft' THEN NULL ELSE now() END)",
+           0, 0, 0, CASE WHEN $5 = 'draft' THEN NULL ELSE now() END,
+           CASE WHEN $2::bigint IS NOT NULL THEN $3 END)",
     )
     .bind(id)
     .bind(number)
@@ -85,7 +86,8 @@ async fn the_lines_of_an_issued_invoice_cannot_change_those_of_a_draft_can() {
     // Lines written while it was a draft are final once it is issued.
     let draft = drafts[0];
     sqlx::query(
-        "UPDATE invoices SET status = 'issued', number = 2, issued_at = now() WHERE id = $1",
+        "UPDATE invoices SET status = 'issued', number = 2, issued_at = now(),
+           recipient_name = tenant_id WHERE id = $1",
     )
     .bind(draft)
     .execute(&db.pool)

@@ -426,7 +426,7 @@ async fn an_open_draft_voided_by_an_admin_is_announced_and_never_issued() {
     .await;
     // A finalizer whose clock is past the old window finds nothing to issue.
     let later = at(&draft["finalizes_at"]) + TimeDelta::seconds(1);
-    let round = invoicer::rollup::finalize::round(&db.pool, 100, later)
+    let round = invoicer::rollup::finalize::round(&db.pool, 100, later, None)
         .await
         .unwrap();
     assert_eq!(round.issued, 0);

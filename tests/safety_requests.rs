@@ -197,9 +197,9 @@ async fn the_database_refuses_two_live_invoices_of_a_tenant_sharing_a_day() {
     sqlx::raw_sql(
         "INSERT INTO tenants (tenant_id) VALUES ('acme'), ('globex');
          INSERT INTO invoices (id, number, tenant_id, period_start, period_end, currency, status,
-                               subtotal_cents, tax_cents, total_cents, issued_at)
+                               subtotal_cents, tax_cents, total_cents, issued_at, recipient_name)
          VALUES (gen_random_uuid(), 1, 'acme', '2026-04-01', '2026-05-01', 'AUD', 'issued',
-                 100, 10, 110, now())",
+                 100, 10, 110, now(), 'acme')",
     )
     .execute(&db.pool)
     .await

@@ -259,7 +259,16 @@ impl Ctx<'_> {
     }
 
     fn worker_env(&self, concurrency: usize) -> Vec<(&'static str, String)> {
-        let mut env = vec![("ROLLUP_CONCURRENCY", concurrency.to_string())];
+        let mut env = vec![
+            ("ROLLUP_CONCURRENCY", concurrency.to_string()),
+            // Documents on, as in production: every invoice issued records its supplier too.
+            ("SELLER_NAME", "Bench Cloud Pty Ltd".to_string()),
+            ("SELLER_ABN", "51 824 753 556".to_string()),
+            (
+                "SELLER_ADDRESS",
+                "1 Bench Street\nSydney NSW 2000".to_string(),
+            ),
+        ];
         if let Some(b) = self.batch_size {
             env.push(("ROLLUP_BATCH_SIZE", b.to_string()));
         }

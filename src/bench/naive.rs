@@ -39,6 +39,7 @@ pub async fn run(pool: &PgPool, period: Period) -> anyhow::Result<(i64, Duration
             std::slice::from_ref(tenant),
             now,
             &crate::rollup::window::Grace::rollup(crate::grace::GracePeriod::zero()),
+            None,
         )
         .await?;
         tx.commit().await?;

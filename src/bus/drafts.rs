@@ -26,6 +26,8 @@ pub struct DraftLoop {
     /// Tenants per transaction.
     pub batch: i64,
     pub every: Duration,
+    /// The supplier recorded on the invoices this replica issues (`None`: documents off).
+    pub seller: Option<Arc<crate::document::Seller>>,
     pub relay: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
@@ -77,7 +79,8 @@ impl DraftLoop {
         let batch = self.batch.max(1);
         let mut issued = 0;
         for _ in 0..MAX_BATCHES {
-            let round = finalize::round(&self.pool, batch, Utc::now()).await?;
+            let round =
+                finalize::round(&self.pool, batch, Utc::now(), self.seller.as_deref()).await?;
             issued += round.issued;
             if round.issued > 0 {
                 // Publish as we go: a long backlog of due drafts is announced batch by batch.

@@ -44,6 +44,8 @@ pub struct WorkConsumer {
     pub worker_id: String,
     /// The platform's grace window for the drafts a rollup writes.
     pub grace: crate::grace::GracePeriod,
+    /// The supplier recorded on the invoices this replica issues (`None`: documents off).
+    pub seller: Option<Arc<crate::document::Seller>>,
     pub relay: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
@@ -176,6 +178,7 @@ impl WorkConsumer {
             &self.worker_id,
             &self.grace,
             last_resort,
+            self.seller.as_deref(),
         )
         .await?;
         let (progress, completed) = rollup::try_complete(&self.pool, &item.request_id).await?;

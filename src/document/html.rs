@@ -53,7 +53,7 @@ mod tests {
     use crate::document::Related;
     use crate::invoice::Status;
 
-    fn html(inv: &crate::invoice::Invoice, legal: &crate::catalog::LegalDetails) -> String {
+    fn html(inv: &crate::invoice::Invoice, legal: &crate::document::Recipient) -> String {
         let v = TaxInvoiceView::build(inv, &seller(), legal, &Related::default()).unwrap();
         render(&v).unwrap()
     }
@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn hostile_tenant_fields_are_text_not_markup() {
         let mut legal = pilot();
-        legal.legal_name = Some("<script>alert('pwned')</script> & Sons".into());
+        legal.name = "<script>alert('pwned')</script> & Sons".into();
         legal.address = Some("1 \"Quoted\" St\n<img src=x onerror=alert(1)>".into());
         let mut inv = invoice_with_total(150_000);
         inv.lines.as_mut().unwrap()[0].line.description = "Plan: <b>Studio</b>".into();

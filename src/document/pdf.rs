@@ -734,7 +734,7 @@ mod tests {
 
         // Names outside Latin-1 print: the embedded font covers them.
         let mut legal = pilot();
-        legal.legal_name = Some("Ωμέγα Τεχνολογίες ΑΕ <script>".into());
+        legal.name = "Ωμέγα Τεχνολογίες ΑΕ <script>".into();
         let v =
             TaxInvoiceView::build(&seed_invoice(), &seller(), &legal, &Related::default()).unwrap();
         let text = text_of(&v);

@@ -3,8 +3,7 @@
 //! Money is formatted from integer cents by [`format_cents`]; prices and quantities from their
 //! exact decimals. Nothing here rounds, and nothing here touches a float.
 
-use super::Seller;
-use crate::catalog::LegalDetails;
+use super::{Recipient, Seller};
 use crate::invoice::{Invoice, Line, LineKind, Status};
 use crate::money::format_cents;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -110,11 +109,11 @@ pub struct TaxInvoiceView {
 }
 
 impl TaxInvoiceView {
-    /// The document for `invoice` (loaded with its lines) issued by `seller` to `tenant_id`.
+    /// The document for `invoice` (loaded with its lines) issued by `seller` to `recipient`.
     pub fn build(
         invoice: &Invoice,
         seller: &Seller,
-        recipient: &LegalDetails,
+        recipient: &Recipient,
         related: &Related,
     ) -> Result<Self, super::DocumentError> {
         let lines = invoice
@@ -142,10 +141,7 @@ impl TaxInvoiceView {
 
         let draft = invoice.status == Status::Draft;
         let title = if draft { DRAFT_MARK } else { TAX_INVOICE };
-        let recipient_name = recipient
-            .legal_name
-            .clone()
-            .unwrap_or_else(|| invoice.tenant_id.clone());
+        let recipient_name = recipient.name.clone();
         let document_title = match &invoice.number {
             Some(n) => format!("{title} {n} \u{2014} {recipient_name}"),
             None => format!("{title} \u{2014} {recipient_name}"),
@@ -407,9 +403,9 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    pub(crate) fn pilot() -> LegalDetails {
-        LegalDetails {
-            legal_name: Some("Pilot Pty Ltd".into()),
+    pub(crate) fn pilot() -> Recipient {
+        Recipient {
+            name: "Pilot Pty Ltd".into(),
             abn: Some(Abn::parse("33 051 775 556").unwrap()),
             address: Some("9 Test Road\nMelbourne VIC 3000".into()),
         }
@@ -457,6 +453,7 @@ pub(crate) mod tests {
             void_reason: None,
             supersedes: None,
             superseded_by: None,
+            parties: None,
             finalizes_at: None,
             lines: Some(vec![
                 line(
@@ -584,7 +581,7 @@ pub(crate) mod tests {
         assert_eq!(at.recipient.abn.as_deref(), Some("33 051 775 556"));
         assert_eq!(at.recipient.abn_digits.as_deref(), Some("33051775556"));
         // Required but unknown: said so, rather than silently left out.
-        let no_abn = LegalDetails {
+        let no_abn = Recipient {
             abn: None,
             ..pilot()
         };
@@ -606,7 +603,7 @@ pub(crate) mod tests {
         let v = TaxInvoiceView::build(
             &seed_invoice(),
             &seller(),
-            &LegalDetails::default(),
+            &Recipient::of("pilot", &crate::catalog::LegalDetails::default()),
             &Related::default(),
         )
         .unwrap();

@@ -6,11 +6,15 @@
 //! then the number counter is taken and the invoice rows and their events go in one statement,
 //! right before commit. The counter, the one row every issuing transaction shares, is held for
 //! that last statement only, so batches on several replicas overlap instead of queueing.
+//!
+//! An issued invoice records its parties in that statement (CONTRACT.md 5b): the recipient as
+//! the tenant's row says under the batch's lock, the supplier as this worker is configured.
 
 use super::decide;
 use super::window::{self, Grace, Outcome};
 use super::Action;
 use crate::catalog::{Catalog, Tenant};
+use crate::document::{Parties, Recipient, Seller};
 use crate::error::Result;
 use crate::invoice::{format_number, Invoice, Line, Status};
 use crate::period::Period;
@@ -30,7 +34,8 @@ use uuid::Uuid;
 /// transaction. A tenant that cannot be priced is reported in the counts, not raised; an error
 /// here is the database's, and the caller decides whether the batch is retried or split.
 /// `grace` says whether this is a rollup, a refresh or a finalization of grace drafts
-/// (`window::outcome`).
+/// (`window::outcome`). `seller` is this worker's supplier, recorded on the invoices it issues
+/// (`None`: documents are off here).
 pub async fn run(
     tx: &mut PgConnection,
     key: &str,
@@ -38,6 +43,7 @@ pub async fn run(
     tenant_ids: &[String],
     now: DateTime<Utc>,
     grace: &Grace,
+    seller: Option<&Seller>,
 ) -> Result<BatchCounts> {
     let mut clock = PhaseClock::start();
     // Every read here is bounded by the batch's tenants, over an index.
@@ -81,7 +87,10 @@ pub async fn run(
             (Ok(_), Err(_)) => {}
         }
     }
-    let mut plan = BatchPlan::default();
+    let mut plan = BatchPlan {
+        seller,
+        ..BatchPlan::default()
+    };
     for tenant in &tenants {
         if let Some(other) = overlaps.get(tenant.id.as_str()) {
             plan.counts.failed.push(TenantFailure {
@@ -140,9 +149,10 @@ pub async fn run_each_alone_on_failure(
     tenant_ids: &[String],
     now: DateTime<Utc>,
     grace: &Grace,
+    seller: Option<&Seller>,
 ) -> Result<BatchCounts> {
     let mut whole = sqlx::Connection::begin(&mut *tx).await?;
-    match run(&mut whole, key, req, tenant_ids, now, grace).await {
+    match run(&mut whole, key, req, tenant_ids, now, grace, seller).await {
         Ok(counts) => {
             whole.commit().await?;
             return Ok(counts);
@@ -157,7 +167,17 @@ pub async fn run_each_alone_on_failure(
     let mut counts = BatchCounts::default();
     for tenant in tenant_ids {
         let mut one = sqlx::Connection::begin(&mut *tx).await?;
-        match run(&mut one, key, req, std::slice::from_ref(tenant), now, grace).await {
+        match run(
+            &mut one,
+            key,
+            req,
+            std::slice::from_ref(tenant),
+            now,
+            grace,
+            seller,
+        )
+        .await
+        {
             Ok(c) => {
                 one.commit().await?;
                 counts.issued += c.issued;
@@ -214,7 +234,9 @@ impl std::fmt::Display for PhaseClock {
 
 /// The in-memory result of pricing one batch, before it is written.
 #[derive(Default)]
-struct BatchPlan {
+struct BatchPlan<'a> {
+    /// The supplier recorded on the invoices this batch issues.
+    seller: Option<&'a Seller>,
     /// Every invoice to insert, in tenant order: new ones, supersessions and recomputed drafts.
     invoices: Vec<Invoice>,
     /// Drafts whose recomputed versions (same id) are in `invoices`.
@@ -224,7 +246,7 @@ struct BatchPlan {
     counts: BatchCounts,
 }
 
-impl BatchPlan {
+impl<'a> BatchPlan<'a> {
     fn add(
         &mut self,
         req: &RollupRequest,
@@ -287,6 +309,10 @@ impl BatchPlan {
             void_reason: None,
             supersedes: None,
             superseded_by: None,
+            parties: (status == Status::Issued).then(|| Parties {
+                seller: self.seller.cloned(),
+                recipient: Recipient::of(tenant.id.as_str(), &tenant.legal),
+            }),
             lines: Some(
                 quote
                     .lines
@@ -389,6 +415,7 @@ mod tests {
             void_reason: Some("\"number\":null".into()),
             supersedes: None,
             superseded_by: None,
+            parties: None,
             lines: Some(vec![Line {
                 id: Uuid::new_v4(),
                 line: QuoteLine {

@@ -26,7 +26,10 @@ pub fn drafted_events(written: &[Invoice]) -> Vec<Event> {
     written
         .iter()
         .filter(|i| i.status == Status::Draft && i.finalizes_at.is_some())
-        .map(|i| Event::new(DRAFTED, format!("{}:draft", i.id), i))
+        .map(|i| {
+            Event::new(DRAFTED, format!("{}:draft", i.id), i)
+                .of(store::outbox::Aggregate::Invoice(i.id))
+        })
         .collect()
 }
 
@@ -65,6 +68,8 @@ pub async fn refresh(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<us
             ids,
             now,
             &grace,
+            // A refresh never issues.
+            None,
         )
         .await?;
         drafts += counts.drafted;

@@ -17,6 +17,7 @@
 use super::batch;
 use super::drafts::recompute;
 use super::window::{Grace, Mode};
+use crate::document::Seller;
 use crate::error::{Error, Result};
 use crate::invoice::Invoice;
 use crate::period::Period;
@@ -38,8 +39,14 @@ pub fn retry_delay(attempts: i32) -> TimeDelta {
 /// One finalizer round at `now`: returns how many drafts it issued, and how many tenants it took
 /// (0 when nothing is due or every due tenant is busy elsewhere). A draft that cannot be
 /// finalized stays a draft, its failure recorded with the cause, and waits [`retry_delay`]
-/// before it is taken again, in the same transaction as the others' issue.
-pub async fn round(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<Round> {
+/// before it is taken again, in the same transaction as the others' issue. `seller` is this
+/// worker's supplier, recorded on what it issues.
+pub async fn round(
+    pool: &PgPool,
+    batch: i64,
+    now: DateTime<Utc>,
+    seller: Option<&Seller>,
+) -> Result<Round> {
     let mut tx = pool.begin().await?;
     let tenants = store::grace::lock_due_tenants(&mut tx, now, batch).await?;
     if tenants.is_empty() {
@@ -58,6 +65,7 @@ pub async fn round(pool: &PgPool, batch: i64, now: DateTime<Utc>) -> Result<Roun
             ids,
             issued_at,
             &grace,
+            seller,
         )
         .await?;
         issued += counts.issued;
@@ -105,8 +113,13 @@ pub struct Round {
 
 /// Issues a draft (an open grace draft before its time, or a `draft` run's), recomputed from all
 /// usage stored so far, in the caller's transaction (which holds the tenant's and the invoice's
-/// locks). Returns the issued invoice with its lines.
-pub async fn early(tx: &mut PgConnection, draft: &Invoice, now: DateTime<Utc>) -> Result<Invoice> {
+/// locks), recording `seller` as its supplier. Returns the issued invoice with its lines.
+pub async fn early(
+    tx: &mut PgConnection,
+    draft: &Invoice,
+    now: DateTime<Utc>,
+    seller: Option<&Seller>,
+) -> Result<Invoice> {
     let period = Period::new(draft.period_start, draft.period_end)
         .map_err(|e| Error::internal(format!("stored invoice period: {e}")))?;
     let grace = Grace::with_mode(Mode::IssueDraft);
@@ -117,6 +130,7 @@ pub async fn early(tx: &mut PgConnection, draft: &Invoice, now: DateTime<Utc>) -
         std::slice::from_ref(&draft.tenant_id),
         now,
         &grace,
+        seller,
     )
     .await?;
     if let Some(f) = counts.failed.first() {

@@ -21,6 +21,7 @@ pub mod drafts;
 pub mod finalize;
 pub mod window;
 
+use crate::document::Seller;
 use crate::error::{Error, Result};
 use crate::grace::GracePeriod;
 use crate::invoice::{Invoice, Status};
@@ -208,7 +209,8 @@ pub enum ItemOutcome {
 /// reason, one tenant per transaction from where it left off. As a `last_resort` (after the
 /// item's retries), straight to one tenant per transaction, with a transient failure of a
 /// tenant reported as that tenant's failure instead of failing the item again. `grace` is the
-/// platform's default window (`GRACE_PERIOD`).
+/// platform's default window (`GRACE_PERIOD`), `seller` this worker's supplier (`SELLER_*`),
+/// recorded on the invoices it issues.
 #[tracing::instrument(skip_all, fields(request_id = key, item))]
 pub async fn work_item(
     pool: &PgPool,
@@ -217,6 +219,7 @@ pub async fn work_item(
     worker: &str,
     grace: &GracePeriod,
     last_resort: bool,
+    seller: Option<&Seller>,
 ) -> Result<ItemOutcome> {
     let grace = window::Grace::rollup(grace.clone());
     let run = {
@@ -241,7 +244,8 @@ pub async fn work_item(
     }
     if found.cursor.is_none() && !last_resort {
         let now = Utc::now().trunc_subsecs(0);
-        match batch::run(&mut tx, key, &run.request, &found.tenant_ids, now, &grace).await {
+        let tenants = &found.tenant_ids;
+        match batch::run(&mut tx, key, &run.request, tenants, now, &grace, seller).await {
             Ok(counts) => {
                 q::record_item(&mut tx, key, item, &counts, None, Some(worker)).await?;
                 tx.commit().await?;
@@ -260,7 +264,7 @@ pub async fn work_item(
     } else {
         drop(tx);
     }
-    one_by_one(pool, &run, item, worker, &grace, last_resort).await
+    one_by_one(pool, &run, item, worker, &grace, last_resort, seller).await
 }
 
 /// The fallback for a failing batch: each tenant in its own transaction, progress recorded in
@@ -274,6 +278,7 @@ async fn one_by_one(
     worker: &str,
     grace: &window::Grace,
     last_resort: bool,
+    seller: Option<&Seller>,
 ) -> Result<ItemOutcome> {
     let key = run.key.as_str();
     loop {
@@ -293,27 +298,28 @@ async fn one_by_one(
         let one = std::slice::from_ref(&tenant);
         // A savepoint keeps the item's lock while the tenant's own writes are undone.
         let mut attempt = sqlx::Connection::begin(&mut *tx).await?;
-        let counts = match batch::run(&mut attempt, key, &run.request, one, now, grace).await {
-            Ok(counts) => {
-                attempt.commit().await?;
-                for f in &counts.failed {
-                    tracing::warn!(tenant = %f.tenant_id, reason = %f.reason, "tenant failed");
+        let counts =
+            match batch::run(&mut attempt, key, &run.request, one, now, grace, seller).await {
+                Ok(counts) => {
+                    attempt.commit().await?;
+                    for f in &counts.failed {
+                        tracing::warn!(tenant = %f.tenant_id, reason = %f.reason, "tenant failed");
+                    }
+                    counts
                 }
-                counts
-            }
-            Err(e) if e.is_transient() && !last_resort => return Err(e),
-            Err(e) => {
-                attempt.rollback().await?;
-                tracing::warn!(tenant = %tenant, error = %e, "tenant failed");
-                BatchCounts {
-                    failed: vec![TenantFailure {
-                        tenant_id: tenant.clone(),
-                        reason: e.to_string(),
-                    }],
-                    ..Default::default()
+                Err(e) if e.is_transient() && !last_resort => return Err(e),
+                Err(e) => {
+                    attempt.rollback().await?;
+                    tracing::warn!(tenant = %tenant, error = %e, "tenant failed");
+                    BatchCounts {
+                        failed: vec![TenantFailure {
+                            tenant_id: tenant.clone(),
+                            reason: e.to_string(),
+                        }],
+                        ..Default::default()
+                    }
                 }
-            }
-        };
+            };
         q::record_item(&mut tx, key, item, &counts, Some(&tenant), None).await?;
         tx.commit().await?;
     }
@@ -394,6 +400,7 @@ pub fn invoice_event(inv: &Invoice) -> Event {
         .event_subject()
         .unwrap_or("billing.invoice.draft");
     Event::new(subject, format!("{}:{}", inv.id, inv.status.as_str()), inv)
+        .of(outbox::Aggregate::Invoice(inv.id))
 }
 
 fn completed_event(run: &Run, counts: BatchCounts, unbilled: i64, now: DateTime<Utc>) -> Completed {

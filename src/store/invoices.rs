@@ -1,6 +1,8 @@
 //! Invoice rows and their lines: reads, the numbering counter, and the guarded writes that the
 //! rollup and the admin transitions share.
 
+use crate::abn::Abn;
+use crate::document::{Parties, Recipient, Seller};
 use crate::error::{Error, Result};
 use crate::invoice::{format_number, Invoice, Line, LineKind, QuoteLine, Status};
 use crate::period::Period;
@@ -13,7 +15,8 @@ use uuid::Uuid;
 pub(crate) const INVOICE_COLUMNS: &str =
     "id, number, tenant_id, period_start, period_end, currency, status,
     subtotal_cents, tax_cents, total_cents, issued_at, paid_at, voided_at, void_reason,
-    supersedes, superseded_by, finalizes_at";
+    supersedes, superseded_by, finalizes_at,
+    seller_name, seller_abn, seller_address, recipient_name, recipient_abn, recipient_address";
 
 pub(crate) fn invoice_from_row(row: &PgRow) -> Result<Invoice> {
     let status: &str = row.try_get("status")?;
@@ -36,8 +39,80 @@ pub(crate) fn invoice_from_row(row: &PgRow) -> Result<Invoice> {
         void_reason: row.try_get("void_reason")?,
         supersedes: row.try_get("supersedes")?,
         superseded_by: row.try_get("superseded_by")?,
+        parties: parties_from_row(row)?,
         lines: None,
     })
+}
+
+/// The parties an issued invoice recorded, if it recorded its recipient (see migration 0074).
+fn parties_from_row(row: &PgRow) -> Result<Option<Parties>> {
+    let Some(recipient_name) = row.try_get::<Option<String>, _>("recipient_name")? else {
+        return Ok(None);
+    };
+    let id: Uuid = row.try_get("id")?;
+    // Checked on the way in; as for tenants, an ABN edited by hand into one that fails the
+    // checksum is logged and treated as absent rather than stopping every read of the invoice.
+    let abn = |column: &str| -> Result<Option<Abn>> {
+        Ok(row.try_get::<Option<&str>, _>(column)?.and_then(|digits| {
+            Abn::parse(digits)
+                .map_err(
+                    |e| tracing::warn!(invoice = %id, column, error = %e, "ignoring a stored ABN"),
+                )
+                .ok()
+        }))
+    };
+    let seller = match (
+        row.try_get::<Option<String>, _>("seller_name")?,
+        abn("seller_abn")?,
+    ) {
+        (Some(name), Some(abn)) => Some(Seller {
+            name,
+            abn,
+            address: row.try_get("seller_address")?,
+        }),
+        _ => None,
+    };
+    Ok(Some(Parties {
+        seller,
+        recipient: Recipient {
+            name: recipient_name,
+            abn: abn("recipient_abn")?,
+            address: row.try_get("recipient_address")?,
+        },
+    }))
+}
+
+/// Records the parties of an issued invoice that did not record them all (see
+/// [`Parties::completed`]): only the parts still missing are written, so of two renders at once
+/// the first to commit decides, and both return what is stored.
+pub async fn record_parties(db: &mut PgConnection, id: Uuid, parties: &Parties) -> Result<Parties> {
+    let seller = parties.seller.as_ref();
+    let recipient = &parties.recipient;
+    let row = sqlx::query(
+        "UPDATE invoices SET
+           seller_name = CASE WHEN seller_name IS NULL THEN $2 ELSE seller_name END,
+           seller_abn = CASE WHEN seller_name IS NULL THEN $3 ELSE seller_abn END,
+           seller_address = CASE WHEN seller_name IS NULL THEN $4 ELSE seller_address END,
+           recipient_name = CASE WHEN recipient_name IS NULL THEN $5 ELSE recipient_name END,
+           recipient_abn = CASE WHEN recipient_name IS NULL THEN $6 ELSE recipient_abn END,
+           recipient_address =
+             CASE WHEN recipient_name IS NULL THEN $7 ELSE recipient_address END
+         WHERE id = $1 AND number IS NOT NULL
+         RETURNING id, seller_name, seller_abn, seller_address,
+                   recipient_name, recipient_abn, recipient_address",
+    )
+    .bind(id)
+    .bind(seller.map(|s| s.name.as_str()))
+    .bind(seller.map(|s| s.abn.digits()))
+    .bind(seller.and_then(|s| s.address.as_deref()))
+    .bind(recipient.name.as_str())
+    .bind(recipient.abn.as_ref().map(Abn::digits))
+    .bind(recipient.address.as_deref())
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(|| Error::NotFound(format!("issued invoice {id} not found")))?;
+    parties_from_row(&row)?
+        .ok_or_else(|| Error::internal(format!("invoice {id}: its recipient was not recorded")))
 }
 
 /// Loads the lines of the given invoices, in their order.
@@ -500,15 +575,19 @@ pub async fn insert_lines<'a>(
 }
 
 /// Inserts invoice rows: the last write of a batch, made while the number counter is held.
+/// Issued ones record their parties in the same statement (the database refuses them otherwise).
 pub async fn insert(db: &mut PgConnection, invoices: &[Invoice], request_key: &str) -> Result<()> {
     let numbers = invoices.iter().map(number_of).collect::<Result<Vec<_>>>()?;
+    let parties = PartyColumns::of(invoices.iter().map(|i| i.parties.as_ref()));
     sqlx::query(
         "INSERT INTO invoices (id, number, tenant_id, period_start, period_end, currency, status,
            subtotal_cents, tax_cents, total_cents, issued_at, supersedes, finalizes_at,
-           rollup_request_id)
-         SELECT *, $14 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::date[],
+           seller_name, seller_abn, seller_address, recipient_name, recipient_abn,
+           recipient_address, rollup_request_id)
+         SELECT *, $20 FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::date[],
            $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::timestamptz[],
-           $12::uuid[], $13::timestamptz[])",
+           $12::uuid[], $13::timestamptz[], $14::text[], $15::text[], $16::text[], $17::text[],
+           $18::text[], $19::text[])",
     )
     .bind(invoices.iter().map(|i| i.id).collect::<Vec<_>>())
     .bind(numbers)
@@ -543,8 +622,46 @@ pub async fn insert(db: &mut PgConnection, invoices: &[Invoice], request_key: &s
     .bind(invoices.iter().map(|i| i.issued_at).collect::<Vec<_>>())
     .bind(invoices.iter().map(|i| i.supersedes).collect::<Vec<_>>())
     .bind(invoices.iter().map(|i| i.finalizes_at).collect::<Vec<_>>())
+    .bind(parties.seller_name)
+    .bind(parties.seller_abn)
+    .bind(parties.seller_address)
+    .bind(parties.recipient_name)
+    .bind(parties.recipient_abn)
+    .bind(parties.recipient_address)
     .bind(request_key)
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// Documents' parties as the arrays of a multi-row insert, one entry per document (all `None`
+/// where a document recorded none).
+#[derive(Default)]
+struct PartyColumns<'a> {
+    seller_name: Vec<Option<&'a str>>,
+    seller_abn: Vec<Option<&'a str>>,
+    seller_address: Vec<Option<&'a str>>,
+    recipient_name: Vec<Option<&'a str>>,
+    recipient_abn: Vec<Option<&'a str>>,
+    recipient_address: Vec<Option<&'a str>>,
+}
+
+impl<'a> PartyColumns<'a> {
+    fn of(documents: impl Iterator<Item = Option<&'a Parties>>) -> Self {
+        let mut c = PartyColumns::default();
+        for p in documents {
+            let seller = p.and_then(|p| p.seller.as_ref());
+            let recipient = p.map(|p| &p.recipient);
+            c.seller_name.push(seller.map(|s| s.name.as_str()));
+            c.seller_abn.push(seller.map(|s| s.abn.digits()));
+            c.seller_address
+                .push(seller.and_then(|s| s.address.as_deref()));
+            c.recipient_name.push(recipient.map(|r| r.name.as_str()));
+            c.recipient_abn
+                .push(recipient.and_then(|r| r.abn.as_ref()).map(Abn::digits));
+            c.recipient_address
+                .push(recipient.and_then(|r| r.address.as_deref()));
+        }
+        c
+    }
 }

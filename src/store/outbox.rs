@@ -1,11 +1,31 @@
 //! The transactional outbox: events are inserted in the transaction of the change they announce
 //! and published later by `bus::relay`, with `msg_id` as the `Nats-Msg-Id`. A row that fails
 //! counts its attempts and backs off on its own; one that can never be published is parked
-//! for an operator; published rows are pruned after a retention period.
+//! for an operator; published rows are pruned after a retention period. The events of one
+//! [`Aggregate`] go out one at a time, in the order they were written.
 
 use crate::error::Result;
 use sqlx::{PgConnection, PgPool, Row};
 use std::time::Duration;
+
+/// What an event is about when the order of its events matters (CONTRACT.md 8): the relay
+/// publishes the events of one aggregate one at a time, in the order they were written, so a
+/// reader never sees an invoice paid or voided before it sees it issued. An event that must
+/// follow another belongs to that one's aggregate: an adjustment note of an invoice to the
+/// invoice. A credit grant's events would be one of their own (`credit:<grant id>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Invoice(uuid::Uuid),
+}
+
+impl Aggregate {
+    /// The stored `ordering_key`.
+    pub fn key(&self) -> String {
+        match self {
+            Aggregate::Invoice(id) => format!("invoice:{id}"),
+        }
+    }
+}
 
 /// An event to publish once its transaction commits; the payload is JSON text, serialised once.
 #[derive(Debug, Clone)]
@@ -15,6 +35,8 @@ pub struct Event {
     pub payload: String,
     /// The invoice whose number the relay splices into the payload (`"number":null` until then).
     pub number_of: Option<uuid::Uuid>,
+    /// Published after every earlier event of the same aggregate; `None`: in no particular order.
+    pub ordering_key: Option<String>,
 }
 
 impl Event {
@@ -24,11 +46,19 @@ impl Event {
             msg_id,
             payload: serde_json::to_string(payload).expect("event payloads serialise"),
             number_of: None,
+            ordering_key: None,
         }
+    }
+
+    /// Publishes this event after the earlier events of `aggregate`.
+    pub fn of(mut self, aggregate: Aggregate) -> Self {
+        self.ordering_key = Some(aggregate.key());
+        self
     }
 }
 
-/// Adds events in one statement. A repeated `msg_id` is ignored: the event already exists.
+/// Adds events in one statement, in order (ids ascending: the order the relay keeps within an
+/// aggregate). A repeated `msg_id` is ignored: the event already exists.
 pub async fn insert(db: &mut PgConnection, events: &[Event]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -37,10 +67,12 @@ pub async fn insert(db: &mut PgConnection, events: &[Event]) -> Result<()> {
     let ids: Vec<&str> = events.iter().map(|e| e.msg_id.as_str()).collect();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     let numbers: Vec<Option<uuid::Uuid>> = events.iter().map(|e| e.number_of).collect();
+    let keys: Vec<Option<&str>> = events.iter().map(|e| e.ordering_key.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO outbox (subject, msg_id, payload, number_of)
-         SELECT s, m, p, n FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[])
-           WITH ORDINALITY AS t(s, m, p, n, o)
+        "INSERT INTO outbox (subject, msg_id, payload, number_of, ordering_key)
+         SELECT s, m, p, n, k
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])
+           WITH ORDINALITY AS t(s, m, p, n, k, o)
          ORDER BY o
          ON CONFLICT (msg_id) DO NOTHING",
     )
@@ -48,6 +80,7 @@ pub async fn insert(db: &mut PgConnection, events: &[Event]) -> Result<()> {
     .bind(&ids)
     .bind(&payloads)
     .bind(&numbers)
+    .bind(&keys)
     .execute(db)
     .await?;
     Ok(())
@@ -84,6 +117,20 @@ impl Pending {
 /// so replicas rarely publish the same row twice (and when they do, the stream drops the repeat
 /// by its msg id).
 ///
+/// An event with an ordering key is claimed only while no earlier event of its key is
+/// unpublished, whatever holds that one back (its retry delay, its parking, another relay's
+/// lease): so at most one event per aggregate is ever claimed, by any relay, and the next is
+/// claimable only once the previous one is marked published, that is once the stream has
+/// acknowledged it. This is what keeps one invoice's events in order across retries and
+/// replicas, with no lock held across a publish. The check is one probe of
+/// `outbox_unpublished_by_key` per keyed row the claim walks past, written as a correlated
+/// sub-plan (the `OR`) so that it stays a probe per row rather than becoming a join over the
+/// whole backlog. `EXPLAIN ANALYZE` on 202,000 pending events (a month end's 200,000 issued
+/// events behind 1,000 invoices whose issued event backs off, each holding back its paid
+/// event), planned from an empty table's statistics as after `ANALYZE`: `outbox_pending`
+/// walked in id order, 2,000 rows filtered out, and 1,500 index-only probes of about 9 µs
+/// each; see README, "Events in order".
+///
 /// The oldest-first read must walk the pending index in order. A month end grows the outbox
 /// from almost nothing to a hundred thousand rows within seconds, faster than autovacuum
 /// re-analyses it; planned from an empty table's statistics, the query sorted every pending row
@@ -113,6 +160,10 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Pen
             WHERE published_at IS NULL AND parked_at IS NULL
               AND (claimed_until IS NULL OR claimed_until < now())
               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+              AND (ordering_key IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM outbox e
+                    WHERE e.ordering_key = outbox.ordering_key AND e.id < outbox.id
+                      AND e.published_at IS NULL))
             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
          UPDATE outbox o SET claimed_until = now() + $2 * interval '1 millisecond'
          FROM c LEFT JOIN invoices i ON i.id = c.number_of
