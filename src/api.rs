@@ -1,13 +1,15 @@
 //! Request handlers, independent of the transport: a payload and the caller's scope in, a
 //! JSON value or a typed error out. `bus::service` puts them on NATS.
 
-use crate::catalog::{Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId};
-use crate::document::{self, Format, Parties, Recipient, Related, Seller, TaxInvoiceView};
+use crate::domain::catalog::{
+    Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId,
+};
+use crate::domain::document::{self, Format, Parties, Recipient, Related, Seller, TaxInvoiceView};
+use crate::domain::invoice::{check_paid_at, format_number, Invoice, Status};
+use crate::domain::money::Dec;
+use crate::domain::period::Period;
+use crate::domain::quote::{self, MeteredSubscription};
 use crate::error::{Error, Result};
-use crate::invoice::{check_paid_at, format_number, Invoice, Status};
-use crate::money::Dec;
-use crate::period::Period;
-use crate::quote::{self, MeteredSubscription};
 use crate::rollup::invoice_event;
 use crate::store::{self, invoices::ListFilter};
 use crate::wire::{self, AddonDto, PlanDto, SubscriptionDto, TenantDto, TenantPut, TenantPutDto};
@@ -622,12 +624,12 @@ pub async fn quote_request(pool: &PgPool, req: QuoteRequest, now: DateTime<Utc>)
     };
     // Codes go into a query below: one that cannot be a code (say, with a NUL, which
     // PostgreSQL refuses in text) is the caller's mistake, not an internal error.
-    crate::catalog::check_token("plan", &req.plan)?;
+    crate::domain::catalog::check_token("plan", &req.plan)?;
     for code in &req.addons {
-        crate::catalog::check_token("addons", code)?;
+        crate::domain::catalog::check_token("addons", code)?;
     }
     for (kind, qty) in &req.usage {
-        crate::catalog::check_token("usage", kind)?;
+        crate::domain::catalog::check_token("usage", kind)?;
         if qty.0.is_sign_negative() && !qty.0.is_zero() {
             return Err(Error::bad("usage quantities must not be negative"));
         }

@@ -3,7 +3,7 @@
 //! exit code 2, naming the variable, rather than surfacing later as a strange failure (a batch
 //! size of 0 that completes rollups with no invoices, a log format silently ignored).
 
-use crate::document::{Seller, SellerError};
+use crate::domain::document::{Seller, SellerError};
 use clap::builder::RangedI64ValueParser;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -152,8 +152,8 @@ pub struct WorkerArgs {
     /// invoices stay drafts that absorb late usage for this long, then are issued. PT0S issues at
     /// once. A tenant's own `grace_period` overrides it.
     #[arg(long, env = "GRACE_PERIOD", default_value = "PT0S",
-          value_parser = crate::grace::GracePeriod::parse)]
-    pub grace_period: crate::grace::GracePeriod,
+          value_parser = crate::domain::grace::GracePeriod::parse)]
+    pub grace_period: crate::domain::grace::GracePeriod,
 }
 
 pub const DEFAULT_ROLLUP_CONCURRENCY: usize = 2;
@@ -178,7 +178,7 @@ impl Default for WorkerArgs {
             metrics_addr: None,
             outbox_retention: crate::bus::relay::DEFAULT_RETENTION,
             seller: SellerArgs::default(),
-            grace_period: crate::grace::GracePeriod::zero(),
+            grace_period: crate::domain::grace::GracePeriod::zero(),
         }
     }
 }

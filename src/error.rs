@@ -1,8 +1,8 @@
 //! The error classes that matter at the edges: each maps to exactly one reply code and one
 //! JetStream ack kind (see `bus::ack`).
 
-use crate::catalog::CatalogError;
-use crate::quote::QuoteError;
+use crate::domain::catalog::CatalogError;
+use crate::domain::quote::QuoteError;
 
 /// The error a transient or internal failure came from, kept whole (a `sqlx::Error` can still
 /// be asked for its SQLSTATE), not flattened into a string.

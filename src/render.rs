@@ -1,7 +1,7 @@
 //! Human-readable output for the terminal: tax invoices with lines grouped by deployment,
 //! quotes, invoice lists, and a rollup's summary. Each shows only what its value has.
 
-use crate::money::{format_cents, quantity_text};
+use crate::domain::money::{format_cents, quantity_text};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -18,7 +18,8 @@ const TABLE_HEAD: (&str, &str, &str, &str) = ("Description", "Qty", "Unit price"
 fn line_row(out: &mut String, indent: &str, line: &Value) {
     // The quantity as stored (never cut short: a cut `566.666667` reads as another number).
     let qty = s(&line["quantity"]);
-    let qty = crate::money::parse_decimal(qty).map_or_else(|_| qty.to_string(), quantity_text);
+    let qty =
+        crate::domain::money::parse_decimal(qty).map_or_else(|_| qty.to_string(), quantity_text);
     let width = 46 - indent.len();
     let _ = writeln!(
         out,

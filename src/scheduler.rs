@@ -16,8 +16,8 @@
 
 use crate::bus::scheduler::{Cas, StateStore, Versioned};
 use crate::client::request_rollup;
-use crate::period::Period;
-use crate::schedule::{Firing, Schedule, State};
+use crate::domain::calendar::{Firing, Schedule, State};
+use crate::domain::period::Period;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;

@@ -1,12 +1,12 @@
 //! Wire DTOs: the JSON shapes of CONTRACT.md, parsed into domain values with `TryFrom` at the
 //! edge ("parse, don't validate"). Nothing past the adapters sees these types.
 
-use crate::abn::Abn;
-use crate::catalog::*;
+use crate::domain::abn::Abn;
+use crate::domain::catalog::*;
+use crate::domain::grace::GracePeriod;
+use crate::domain::money::Dec;
+use crate::domain::period::Period;
 use crate::error::Error;
-use crate::grace::GracePeriod;
-use crate::money::Dec;
-use crate::period::Period;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};

@@ -221,7 +221,7 @@ pub fn creds_subscribe_allow(creds: &str) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TenantId;
+    use crate::domain::catalog::TenantId;
     use serde_json::json;
 
     #[test]

@@ -19,7 +19,7 @@
 use super::claims::{self, AccountSpec, IssuedUser};
 use super::roles::Role;
 use super::server_conf::ServerConf;
-use crate::catalog::TenantId;
+use crate::domain::catalog::TenantId;
 use anyhow::{bail, Context};
 use nkeys::KeyPair;
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@
 //! `_INBOX_tenant_<tenant_id>`. Tenant ids are `[A-Za-z0-9_-]`, so no tenant prefix can equal or
 //! contain a role's (`_INBOX_admin` vs `_INBOX_tenant_admin`), whatever the tenant is called.
 
-use crate::catalog::TenantId;
+use crate::domain::catalog::TenantId;
 
 /// A NATS user's role. Tenants carry their id: their subjects are their own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

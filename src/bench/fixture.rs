@@ -3,7 +3,7 @@
 //! usage record per deployment and resource kind for every day of April 2026, enough to go over
 //! the allowance on both kinds. A tenant's invoice then has 3 × 4 lines plus GST: 13 lines.
 
-use crate::period::Period;
+use crate::domain::period::Period;
 use sqlx::PgPool;
 
 pub const DEPLOYMENTS_PER_TENANT: i64 = 3;

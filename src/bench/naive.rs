@@ -3,7 +3,7 @@
 //! does not publish its events, which flatters it: the rollup is timed until every event is
 //! stored in the stream.
 
-use crate::period::Period;
+use crate::domain::period::Period;
 use crate::wire::RollupRequest;
 use chrono::{SubsecRound, Utc};
 use sqlx::PgPool;
@@ -38,7 +38,7 @@ pub async fn run(pool: &PgPool, period: Period) -> anyhow::Result<(i64, Duration
             &req,
             std::slice::from_ref(tenant),
             now,
-            &crate::rollup::window::Grace::rollup(crate::grace::GracePeriod::zero()),
+            &crate::rollup::window::Grace::rollup(crate::domain::grace::GracePeriod::zero()),
             None,
         )
         .await?;

@@ -1,10 +1,10 @@
 //! The quote engine alone, on one core: what `billing.quote` computes for one subscription of
 //! the benchmark's plan (base, add-on, overage on two resource kinds, GST).
 
-use crate::catalog::{
+use crate::domain::catalog::{
     Addon, Catalog, Currency, OveragePrice, Plan, Proration, Subscription, Tenant, TenantId,
 };
-use crate::quote::{quote_tenant, MeteredSubscription};
+use crate::domain::quote::{quote_tenant, MeteredSubscription};
 use rust_decimal::Decimal;
 use std::time::{Duration, Instant};
 

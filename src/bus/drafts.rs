@@ -27,7 +27,7 @@ pub struct DraftLoop {
     pub batch: i64,
     pub every: Duration,
     /// The supplier recorded on the invoices this replica issues (`None`: documents off).
-    pub seller: Option<Arc<crate::document::Seller>>,
+    pub seller: Option<Arc<crate::domain::document::Seller>>,
     pub relay: Arc<Notify>,
     pub shutdown: CancellationToken,
 }

@@ -5,7 +5,7 @@
 //! The bucket keeps the last 64 values: `nats kv history invoicer-scheduler state` is the list
 //! of periods requested and when.
 
-use crate::schedule::State;
+use crate::domain::calendar::State;
 use anyhow::Context;
 use async_nats::jetstream::{
     self,

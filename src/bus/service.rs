@@ -10,7 +10,7 @@
 use super::micro::{Incoming, Micro};
 use crate::api::{self, Endpoint};
 use crate::auth::roles::may_answer;
-use crate::document::Seller;
+use crate::domain::document::Seller;
 use crate::error::Error;
 use async_nats::service;
 use futures::StreamExt;

@@ -43,9 +43,9 @@ pub struct WorkConsumer {
     /// Who did an item (`rollup_items.processed_by`): host and process id.
     pub worker_id: String,
     /// The platform's grace window for the drafts a rollup writes.
-    pub grace: crate::grace::GracePeriod,
+    pub grace: crate::domain::grace::GracePeriod,
     /// The supplier recorded on the invoices this replica issues (`None`: documents off).
-    pub seller: Option<Arc<crate::document::Seller>>,
+    pub seller: Option<Arc<crate::domain::document::Seller>>,
     pub relay: Arc<Notify>,
     pub shutdown: CancellationToken,
 }

@@ -2,7 +2,7 @@
 //! in [`crate::auth`]; this module parses flags and prints.
 
 use crate::auth::{push, AuthDir, Role};
-use crate::catalog::TenantId;
+use crate::domain::catalog::TenantId;
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;

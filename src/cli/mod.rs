@@ -13,8 +13,8 @@ mod scheduler;
 pub use exit::{exit_code, Exit};
 
 use crate::config::{DbArgs, LogFormat, NatsArgs, StreamArgs, WorkerArgs};
-use crate::period::Period;
-use crate::schedule::{Schedule, DEFAULT_CRON};
+use crate::domain::calendar::{Schedule, DEFAULT_CRON};
+use crate::domain::period::Period;
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,7 @@
 
 use crate::client::call;
 use crate::config::NatsArgs;
-use crate::period::Period;
+use crate::domain::period::Period;
 use anyhow::Context;
 use chrono::{Months, Utc};
 use serde_json::{json, Value};

@@ -8,7 +8,7 @@
 use super::Exit;
 use crate::client::{request_rollup, worker_running};
 use crate::config::NatsArgs;
-use crate::period::Period;
+use crate::domain::period::Period;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{json, Value};

@@ -1,8 +1,8 @@
 //! `invoicer scheduler`: the month-end trigger, on the system clock, until SIGINT/SIGTERM.
 
 use crate::config::NatsArgs;
-use crate::period::Period;
-use crate::schedule::Schedule;
+use crate::domain::calendar::Schedule;
+use crate::domain::period::Period;
 use crate::scheduler::{Scheduler, SystemClock};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;

@@ -13,12 +13,12 @@
 use super::decide;
 use super::window::{self, Grace, Outcome};
 use super::Action;
-use crate::catalog::{Catalog, Tenant};
-use crate::document::{Parties, Recipient, Seller};
+use crate::domain::catalog::{Catalog, Tenant};
+use crate::domain::document::{Parties, Recipient, Seller};
+use crate::domain::invoice::{format_number, Invoice, Line, Status};
+use crate::domain::period::Period;
+use crate::domain::quote::{quote_tenant, MeteredSubscription};
 use crate::error::Result;
-use crate::invoice::{format_number, Invoice, Line, Status};
-use crate::period::Period;
-use crate::quote::{quote_tenant, MeteredSubscription};
 use crate::store::catalog;
 use crate::store::invoices::{self, Overlap};
 use crate::store::outbox;
@@ -393,7 +393,7 @@ impl<'a> BatchPlan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::invoice::{LineKind, QuoteLine};
+    use crate::domain::invoice::{LineKind, QuoteLine};
 
     #[test]
     fn a_spliced_number_serialises_like_a_numbered_invoice() {
@@ -432,7 +432,7 @@ mod tests {
         let unnumbered = serde_json::to_string(&inv).unwrap();
         inv.number = Some(format_number(1_234_567));
         assert_eq!(
-            crate::invoice::with_number(&unnumbered, "INV-1234567"),
+            crate::domain::invoice::with_number(&unnumbered, "INV-1234567"),
             serde_json::to_string(&inv).unwrap()
         );
     }

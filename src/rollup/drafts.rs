@@ -10,8 +10,8 @@
 
 use super::batch;
 use super::window::{Grace, Mode};
+use crate::domain::invoice::{Invoice, Status};
 use crate::error::Result;
-use crate::invoice::{Invoice, Status};
 use crate::store::{self, outbox::Event};
 use crate::wire::RollupRequest;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -35,7 +35,7 @@ pub fn drafted_events(written: &[Invoice]) -> Vec<Event> {
 
 /// A request that makes `decide` recompute each tenant's live draft (refresh and finalize
 /// modes then skip anything that is not an open grace draft).
-pub(super) fn recompute(period: crate::period::Period) -> RollupRequest {
+pub(super) fn recompute(period: crate::domain::period::Period) -> RollupRequest {
     RollupRequest {
         period,
         force: true,

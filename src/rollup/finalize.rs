@@ -17,10 +17,10 @@
 use super::batch;
 use super::drafts::recompute;
 use super::window::{Grace, Mode};
-use crate::document::Seller;
+use crate::domain::document::Seller;
+use crate::domain::invoice::Invoice;
+use crate::domain::period::Period;
 use crate::error::{Error, Result};
-use crate::invoice::Invoice;
-use crate::period::Period;
 use crate::store;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use sqlx::{PgConnection, PgPool};

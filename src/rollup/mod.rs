@@ -21,10 +21,10 @@ pub mod drafts;
 pub mod finalize;
 pub mod window;
 
-use crate::document::Seller;
+use crate::domain::document::Seller;
+use crate::domain::grace::GracePeriod;
+use crate::domain::invoice::{Invoice, Status};
 use crate::error::{Error, Result};
-use crate::grace::GracePeriod;
-use crate::invoice::{Invoice, Status};
 use crate::store::invoices::Existing;
 use crate::store::outbox::{self, Event};
 use crate::store::rollup::{self as q, BatchCounts, Run, TenantFailure};
@@ -433,7 +433,7 @@ fn completed_event(run: &Run, counts: BatchCounts, unbilled: i64, now: DateTime<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::period::Period;
+    use crate::domain::period::Period;
     use crate::store::invoices::Existing;
 
     fn req(force: bool, draft: bool) -> RollupRequest {
@@ -479,7 +479,9 @@ mod tests {
         let mut march = req(false, false);
         march.period = Period::parse_month("2026-03").unwrap();
         let mut some = req(false, false);
-        some.tenant_ids = Some(vec![crate::catalog::TenantId::parse("acme").unwrap()]);
+        some.tenant_ids = Some(vec![
+            crate::domain::catalog::TenantId::parse("acme").unwrap()
+        ]);
         for other in [req(true, false), req(false, true), march, some] {
             let e = check_same_request("month-end", &run, &other).unwrap_err();
             assert!(matches!(e, Error::Conflict(_)), "{e:?}");

@@ -18,8 +18,8 @@
 //! the meantime, or a draft without a window, is skipped.
 
 use super::Action;
-use crate::grace::GracePeriod;
-use crate::invoice::Status;
+use crate::domain::grace::GracePeriod;
+use crate::domain::invoice::Status;
 use chrono::{DateTime, Utc};
 
 /// Which kind of batch is running, and the platform's default window.

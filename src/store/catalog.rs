@@ -1,9 +1,9 @@
 //! Catalog rows: tenants, plans, add-ons, subscriptions.
 
-use crate::abn::Abn;
-use crate::catalog::*;
+use crate::domain::abn::Abn;
+use crate::domain::catalog::*;
+use crate::domain::grace::GracePeriod;
 use crate::error::{Error, Result};
-use crate::grace::GracePeriod;
 use crate::wire::{OverageDto, TenantPut};
 use rust_decimal::Decimal;
 use sqlx::{PgExecutor, PgPool, Row};

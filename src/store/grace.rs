@@ -8,8 +8,8 @@
 //! take the same tenant, and nothing waits on them in a cycle. Usage ingestion holds its tenants
 //! `FOR SHARE` while it inserts and marks, so a tenant being ingested is simply taken next time.
 
+use crate::domain::period::Period;
 use crate::error::{Error, Result};
-use crate::period::Period;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeMap, HashMap};

@@ -1,11 +1,11 @@
 //! Invoice rows and their lines: reads, the numbering counter, and the guarded writes that the
 //! rollup and the admin transitions share.
 
-use crate::abn::Abn;
-use crate::document::{Parties, Recipient, Seller};
+use crate::domain::abn::Abn;
+use crate::domain::document::{Parties, Recipient, Seller};
+use crate::domain::invoice::{format_number, Invoice, Line, LineKind, QuoteLine, Status};
+use crate::domain::period::Period;
 use crate::error::{Error, Result};
-use crate::invoice::{format_number, Invoice, Line, LineKind, QuoteLine, Status};
-use crate::period::Period;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -456,7 +456,7 @@ pub(crate) fn number_of(inv: &Invoice) -> Result<Option<i64>> {
     inv.number
         .as_deref()
         .map(|n| {
-            crate::invoice::parse_number(n)
+            crate::domain::invoice::parse_number(n)
                 .ok_or_else(|| Error::internal(format!("bad invoice number {n}")))
         })
         .transpose()

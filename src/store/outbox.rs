@@ -103,9 +103,9 @@ impl Pending {
     pub fn body(&self) -> std::result::Result<String, String> {
         match self.number {
             None => Ok(self.payload.clone()),
-            Some(Some(n)) => Ok(crate::invoice::with_number(
+            Some(Some(n)) => Ok(crate::domain::invoice::with_number(
                 &self.payload,
-                &crate::invoice::format_number(n),
+                &crate::domain::invoice::format_number(n),
             )),
             Some(None) => Err("the event's invoice has no number".into()),
         }

@@ -8,9 +8,9 @@
 //! tenants and 18 million records), which is a work item of its own, [`UNBILLED_ITEM`], so it
 //! runs beside the tenants' items instead of after them.
 
-use crate::catalog::{Subscription, TenantId};
+use crate::domain::catalog::{Subscription, TenantId};
+use crate::domain::period::Period;
 use crate::error::{Error, Result};
-use crate::period::Period;
 use crate::wire::RollupRequest;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;

@@ -10,9 +10,9 @@
 //! record's fault: identifiers are tokens (no NUL bytes, at most 64 characters), instants are in
 //! years 0001-9999, quantities are exact non-negative decimals (28 significant digits at most).
 
-use crate::catalog::{check_instant, check_token};
+use crate::domain::catalog::{check_instant, check_token};
+use crate::domain::money::Dec;
 use crate::error::Error;
-use crate::money::Dec;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};

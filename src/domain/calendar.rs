@@ -2,7 +2,7 @@
 //! requests (the calendar month before the firing's month), and which period is due next.
 //!
 //! Pure: no clock of its own (`now` is an argument), no I/O, so tests run years of firings in
-//! microseconds. The `invoicer scheduler` process ([`crate::scheduler`]) keeps a [`State`] in a
+//! microseconds. The `invoicer scheduler` process keeps a [`State`] in a
 //! JetStream key-value bucket and asks [`Schedule::due`] what to request.
 //!
 //! Which firings count: a firing at `t` requests `Period::month_before(t)`. Several firings in
@@ -11,7 +11,7 @@
 //! `not_before`, and the period comes after the last one requested. After downtime every
 //! missed period is therefore due in turn, oldest first, and each only once.
 
-use crate::period::Period;
+use crate::domain::period::Period;
 use chrono::{DateTime, Months, Utc};
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
@@ -184,7 +184,7 @@ impl State {
 
 /// `Option<Period>` as `"YYYY-MM"` or `null`.
 mod month_opt {
-    use crate::period::Period;
+    use crate::domain::period::Period;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(p: &Option<Period>, s: S) -> Result<S::Ok, S::Error> {

@@ -7,13 +7,13 @@
 //! a line's quantity, unit price and amount then follow from such exact values, so that they
 //! multiply back, is the rule on [`Priced`].
 
-use crate::catalog::{
+use crate::domain::catalog::{
     Addon, Catalog, Currency, OveragePrice, Plan, Proration, Subscription, TaxPolicy, Tenant,
     TierMode,
 };
-use crate::invoice::{LineKind, QuoteLine};
-use crate::money::{self, Exact};
-use crate::period::Period;
+use crate::domain::invoice::{LineKind, QuoteLine};
+use crate::domain::money::{self, Exact};
+use crate::domain::period::Period;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -365,7 +365,7 @@ pub fn quote_subscription(input: &SubscriptionInput<'_>) -> Result<SubscriptionQ
 
 /// The unit price of the tier the whole quantity falls in.
 fn volume_tier(
-    tiers: &[crate::catalog::Tier],
+    tiers: &[crate::domain::catalog::Tier],
     quantity: Decimal,
 ) -> Result<Decimal, money::Overflow> {
     for tier in tiers {
@@ -380,7 +380,7 @@ fn volume_tier(
 /// Sums each tier's share of `quantity` at that tier's price; returns the exact amount and
 /// the (quantity, price) parts for the description.
 fn graduated(
-    tiers: &[crate::catalog::Tier],
+    tiers: &[crate::domain::catalog::Tier],
     quantity: Decimal,
 ) -> Result<(Decimal, Vec<(Decimal, Decimal)>), money::Overflow> {
     let mut remaining = quantity;

@@ -131,10 +131,10 @@ pub struct QuoteLine {
     pub deployment_id: Option<Uuid>,
     pub resource_kind: Option<String>,
     pub description: String,
-    #[serde(with = "crate::money::decimal_str")]
+    #[serde(with = "crate::domain::money::decimal_str")]
     pub quantity: Decimal,
     /// `None` for graduated tiers, where no single unit price produces the amount.
-    #[serde(with = "crate::money::opt_decimal_str")]
+    #[serde(with = "crate::domain::money::opt_decimal_str")]
     pub unit_price: Option<Decimal>,
     pub amount_cents: i64,
 }
@@ -186,7 +186,7 @@ pub struct Invoice {
     /// for a draft, and for an invoice issued before parties were recorded. Not in the
     /// contract's invoice JSON.
     #[serde(skip)]
-    pub parties: Option<crate::document::Parties>,
+    pub parties: Option<crate::domain::document::Parties>,
     /// Absent in list replies, which carry invoices without lines.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<Line>>,

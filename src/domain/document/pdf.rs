@@ -19,8 +19,8 @@ use krilla::text::{Font, TextDirection};
 use krilla::Document;
 use std::sync::LazyLock;
 
-static REGULAR_TTF: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-static BOLD_TTF: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
+static REGULAR_TTF: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+static BOLD_TTF: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans-Bold.ttf");
 
 /// A4 in points.
 const PAGE_W: f32 = 595.28;
@@ -612,8 +612,8 @@ fn draw(v: &TaxInvoiceView, fonts: &Fonts, pages: &[Vec<Op>]) -> Result<Vec<u8>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::document::view::tests::{pilot, seed_invoice, seller};
-    use crate::document::{Related, TaxInvoiceView};
+    use crate::domain::document::view::tests::{pilot, seed_invoice, seller};
+    use crate::domain::document::{Related, TaxInvoiceView};
 
     fn fonts() -> &'static Fonts {
         FONTS.as_ref().unwrap()
@@ -704,7 +704,7 @@ mod tests {
 
     #[test]
     fn draft_void_and_any_script_read_back() {
-        use crate::invoice::Status;
+        use crate::domain::invoice::Status;
         let mut draft = seed_invoice();
         draft.status = Status::Draft;
         draft.number = None;
@@ -719,7 +719,7 @@ mod tests {
         void.voided_at = void.issued_at;
         void.void_reason = Some("superseded".into());
         let related = Related {
-            replaced_by: Some(crate::document::view::RelatedInvoice {
+            replaced_by: Some(crate::domain::document::view::RelatedInvoice {
                 id: uuid::Uuid::from_u128(43),
                 number: Some("INV-000002".into()),
             }),

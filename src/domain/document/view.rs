@@ -4,8 +4,8 @@
 //! exact decimals. Nothing here rounds, and nothing here touches a float.
 
 use super::{Recipient, Seller};
-use crate::invoice::{Invoice, Line, LineKind, Status};
-use crate::money::format_cents;
+use crate::domain::invoice::{Invoice, Line, LineKind, Status};
+use crate::domain::money::format_cents;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -232,7 +232,7 @@ fn group_lines(lines: &[Line], currency: &str, taxed: bool, tax_name: &str) -> V
                 .into_iter()
                 .map(|l| LineView {
                     description: l.line.description.clone(),
-                    quantity: crate::money::quantity_text(l.line.quantity),
+                    quantity: crate::domain::money::quantity_text(l.line.quantity),
                     unit_price: l
                         .line
                         .unit_price
@@ -389,8 +389,8 @@ fn price(p: Decimal, currency: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::abn::Abn;
-    use crate::invoice::QuoteLine;
+    use crate::domain::abn::Abn;
+    use crate::domain::invoice::QuoteLine;
 
     pub(crate) const DEPLOYMENT: Uuid = Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0001);
 
@@ -603,7 +603,7 @@ pub(crate) mod tests {
         let v = TaxInvoiceView::build(
             &seed_invoice(),
             &seller(),
-            &Recipient::of("pilot", &crate::catalog::LegalDetails::default()),
+            &Recipient::of("pilot", &crate::domain::catalog::LegalDetails::default()),
             &Related::default(),
         )
         .unwrap();

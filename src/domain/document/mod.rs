@@ -1,7 +1,7 @@
 //! Tax invoice documents (CONTRACT.md 5b): what a tenant files and its accountant reads.
 //!
 //! One pure view model ([`TaxInvoiceView`]) decides everything the document says, from an
-//! [`Invoice`](crate::invoice::Invoice), its [`Parties`] (the seller and the recipient, as
+//! [`Invoice`](crate::domain::invoice::Invoice), its [`Parties`] (the seller and the recipient, as
 //! recorded when it was issued) and the numbers of related invoices. Two renderers lay it out: [`html`] (self-contained, prints on A4) and
 //! [`pdf`] (the same content, fonts embedded). Neither decides content, so they cannot
 //! disagree about it, and neither does I/O: the caller loads, they render.
@@ -15,8 +15,8 @@ pub use view::{
     ABN_THRESHOLD_CENTS, DRAFT_MARK,
 };
 
-use crate::abn::{Abn, AbnError};
-use crate::catalog::{check_address, check_legal_name, CatalogError, LegalDetails};
+use crate::domain::abn::{Abn, AbnError};
+use crate::domain::catalog::{check_address, check_legal_name, CatalogError, LegalDetails};
 
 /// Why a document could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +155,7 @@ pub fn render(view: &TaxInvoiceView, format: Format) -> Result<Vec<u8>, Document
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::document::view::tests::{pilot, seller};
+    use crate::domain::document::view::tests::{pilot, seller};
 
     #[test]
     fn a_recipient_without_a_legal_name_is_named_by_its_tenant_id() {

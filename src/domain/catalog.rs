@@ -4,7 +4,7 @@
 //! rollup never see an identifier that cannot be a subject token, a negative price or tiers that
 //! do not ascend.
 
-use crate::abn::Abn;
+use crate::domain::abn::Abn;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
@@ -131,7 +131,7 @@ pub struct Tenant {
     /// Who the tenant is on its tax invoices; pricing never reads it.
     pub legal: LegalDetails,
     /// Its own grace window; `None` follows the platform default.
-    pub grace_period: Option<crate::grace::GracePeriod>,
+    pub grace_period: Option<crate::domain::grace::GracePeriod>,
 }
 
 impl Tenant {

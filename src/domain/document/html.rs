@@ -49,11 +49,14 @@ pub fn render(view: &TaxInvoiceView) -> Result<String, DocumentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::document::view::tests::{invoice_with_total, pilot, seed_invoice, seller};
-    use crate::document::Related;
-    use crate::invoice::Status;
+    use crate::domain::document::view::tests::{invoice_with_total, pilot, seed_invoice, seller};
+    use crate::domain::document::Related;
+    use crate::domain::invoice::Status;
 
-    fn html(inv: &crate::invoice::Invoice, legal: &crate::document::Recipient) -> String {
+    fn html(
+        inv: &crate::domain::invoice::Invoice,
+        legal: &crate::domain::document::Recipient,
+    ) -> String {
         let v = TaxInvoiceView::build(inv, &seller(), legal, &Related::default()).unwrap();
         render(&v).unwrap()
     }
