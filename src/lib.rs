@@ -29,26 +29,24 @@
 //!
 //! Arrows point one way: `cli` → `worker` → `bus` → `api`/`rollup` → `store` → the pure core.
 pub mod api;
+pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod bus;
 pub mod cli;
-pub mod client;
 pub mod config;
-pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod metrics;
-pub mod render;
 pub mod rollup;
-pub mod scheduler;
 pub mod store;
 pub mod subjects;
 pub mod telemetry;
 pub mod wire;
-pub mod worker;
 
 // Old paths, kept while the tree is reorganised (issue 16); removed once every import uses the
 // new ones.
+pub use app::{scheduler, worker};
+pub use bus::client;
+pub use cli::{bench, demo, print as render};
 pub use domain::calendar as schedule;
 pub use domain::{abn, catalog, document, grace, invoice, money, period, quote};

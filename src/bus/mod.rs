@@ -2,14 +2,19 @@
 //! service. Messages become domain values here and results become acks and replies.
 
 pub mod ack;
-pub mod drafts;
+pub mod client;
+pub mod grace;
 pub mod micro;
 pub mod relay;
 pub mod rollups;
-pub mod scheduler;
+pub mod schedule_state;
 pub mod service;
 pub mod usage;
 pub mod work;
+
+// Old paths, kept while the tree is reorganised (issue 16).
+pub use grace as drafts;
+pub use schedule_state as scheduler;
 
 use crate::config::NatsArgs;
 use crate::subjects::{

@@ -2,7 +2,7 @@
 
 use super::InvoicesCommand;
 use crate::api::MAX_LIST_LIMIT;
-use crate::client::call;
+use crate::bus::client::call;
 use crate::config::NatsArgs;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ impl RenderFormat {
 
 pub async fn run(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<()> {
     let client = crate::bus::connect(nats, "invoicer-cli").await?;
-    let show = |v: &Value| println!("{}", crate::render::invoice(v));
+    let show = |v: &Value| println!("{}", crate::cli::print::invoice(v));
     match command {
         InvoicesCommand::List {
             tenant,
@@ -40,7 +40,7 @@ pub async fn run(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<()
             let mut remaining = (!all).then_some(limit);
             let mut cursor: Option<String> = None;
             let mut shown = 0u64;
-            print!("{}", crate::render::invoice_list_header());
+            print!("{}", crate::cli::print::invoice_list_header());
             loop {
                 let page_size =
                     remaining.map_or(MAX_LIST_LIMIT as u64, |r| r.min(MAX_LIST_LIMIT as u64));
@@ -57,7 +57,7 @@ pub async fn run(nats: &NatsArgs, command: InvoicesCommand) -> anyhow::Result<()
                 let rows = page["invoices"].as_array().cloned().unwrap_or_default();
                 shown += rows.len() as u64;
                 remaining = remaining.map(|r| r.saturating_sub(rows.len() as u64));
-                print!("{}", crate::render::invoice_rows(&rows));
+                print!("{}", crate::cli::print::invoice_rows(&rows));
                 cursor = page["next_cursor"].as_str().map(str::to_string);
                 if cursor.is_none() {
                     break;

@@ -2,10 +2,13 @@
 //! calls [`Cli::run`].
 
 mod auth;
+pub mod bench;
+pub mod demo;
 mod exit;
 mod health;
 mod invoices;
 mod outbox;
+pub mod print;
 mod quote;
 mod rollup;
 mod scheduler;
@@ -135,7 +138,7 @@ enum Command {
         nats: NatsArgs,
     },
     /// Measure CONTRACT.md section 10 on a private database and nats-server; print a table.
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::cli::bench::BenchArgs),
     /// NATS operator mode (JWT): set up, issue per-user credentials, revoke a tenant.
     Auth {
         #[command(subcommand)]
@@ -247,10 +250,10 @@ impl Cli {
             Command::Run { db, nats, worker } => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(signal(shutdown.clone()));
-                crate::worker::run(&db, &nats, &worker, shutdown).await
+                crate::app::worker::run(&db, &nats, &worker, shutdown).await
             }
             Command::Migrate { db, nats, streams } => {
-                crate::worker::prepare(&db, &nats, &streams, "invoicer-migrate").await?;
+                crate::app::worker::prepare(&db, &nats, &streams, "invoicer-migrate").await?;
                 println!("migrations applied; streams ensured");
                 Ok(())
             }
@@ -273,8 +276,8 @@ impl Cli {
                 nats,
             } => health::run(&nats, std::time::Duration::from_secs(timeout), json).await,
             Command::Invoices { command, nats } => invoices::run(&nats, command).await,
-            Command::Demo { db, nats } => crate::demo::run(&db.db_args(), &nats).await,
-            Command::Bench(args) => crate::bench::run(&args).await,
+            Command::Demo { db, nats } => crate::cli::demo::run(&db.db_args(), &nats).await,
+            Command::Bench(args) => crate::cli::bench::run(&args).await,
             Command::Auth { command } => auth::run(command).await,
             Command::Outbox { command, db } => outbox::run(&db, command).await,
             Command::Quote {

@@ -1,6 +1,6 @@
 //! `invoicer quote`: a provisioning-time quote through `billing.quote`.
 
-use crate::client::call;
+use crate::bus::client::call;
 use crate::config::NatsArgs;
 use crate::domain::period::Period;
 use anyhow::Context;
@@ -41,6 +41,6 @@ pub async fn run(
     if !usage.is_empty() {
         heading += &format!("\nProjected usage: {}", usage.join(", "));
     }
-    print!("{}", crate::render::quote(&q, &heading));
+    print!("{}", crate::cli::print::quote(&q, &heading));
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! on a terminal, plain lines otherwise) and the summary to standard output.
 
 use super::Exit;
-use crate::client::{request_rollup, worker_running};
+use crate::bus::client::{request_rollup, worker_running};
 use crate::config::NatsArgs;
 use crate::domain::period::Period;
 use futures::StreamExt;
@@ -59,7 +59,7 @@ pub async fn run(
             ),
             "billing.rollup.completed" => {
                 progress.finish();
-                print!("{}", crate::render::rollup_summary(&event));
+                print!("{}", crate::cli::print::rollup_summary(&event));
                 let failed = event["tenants_failed"].as_array().map_or(0, Vec::len);
                 if failed > 0 {
                     return Err(Exit::TenantsFailed(failed).into());

@@ -1,9 +1,9 @@
 //! `invoicer scheduler`: the month-end trigger, on the system clock, until SIGINT/SIGTERM.
 
+use crate::app::scheduler::{Scheduler, SystemClock};
 use crate::config::NatsArgs;
 use crate::domain::calendar::Schedule;
 use crate::domain::period::Period;
-use crate::scheduler::{Scheduler, SystemClock};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 

@@ -5,7 +5,7 @@
 //! and shows that a re-run without `force` skips it. Usage event ids are fixed, so a second
 //! demo run adds nothing: the stored usage and the invoice stay the same.
 
-use crate::client::{call, request_rollup, worker_running};
+use crate::bus::client::{call, request_rollup, worker_running};
 use crate::config::{DbArgs, NatsArgs, WorkerArgs};
 use crate::subjects::{ROLLUP_COMPLETED, USAGE_RECORDED};
 use anyhow::{bail, Context};
@@ -71,7 +71,7 @@ pub async fn run(db: &DbArgs, nats: &NatsArgs) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let (db, nats, token) = (db.clone(), nats.clone(), stop.clone());
         let handle = tokio::spawn(async move {
-            crate::worker::run(&db, &nats, &WorkerArgs::default(), token).await
+            crate::app::worker::run(&db, &nats, &WorkerArgs::default(), token).await
         });
         wait_for_worker(&client).await?;
         Some((stop, handle))
@@ -210,7 +210,7 @@ async fn scenario(
         bail!("no issued invoice for {TENANT} in April 2026: {list}");
     };
     let invoice = call(client, "billing.admin.invoices.get", &json!({"id": id})).await?;
-    println!("\n{}", crate::render::invoice(&invoice));
+    println!("\n{}", crate::cli::print::invoice(&invoice));
 
     let again = rollup(client, js, false).await?;
     println!(

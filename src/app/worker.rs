@@ -9,7 +9,7 @@
 //! publishes what they committed, and only then does the process exit.
 
 use crate::bus::{
-    self, ack::RetryWindow, drafts::DraftLoop, relay::Relay, rollups::RollupConsumer,
+    self, ack::RetryWindow, grace::DraftLoop, relay::Relay, rollups::RollupConsumer,
     service::Service, usage::UsageConsumer, work::WorkConsumer,
 };
 use crate::config::{DbArgs, NatsArgs, StreamArgs, WorkerArgs};
@@ -91,7 +91,7 @@ pub async fn run(
     let drafts = DraftLoop {
         pool: pool.clone(),
         batch: args.rollup_batch_size,
-        every: bus::drafts::EVERY,
+        every: bus::grace::EVERY,
         seller: seller.clone(),
         relay: notify.clone(),
         shutdown: stop.clone(),

@@ -14,8 +14,8 @@
 //! The clock is injected ([`Clock`]): the binary uses [`SystemClock`], tests drive a manual
 //! one through years of firings in milliseconds.
 
-use crate::bus::scheduler::{Cas, StateStore, Versioned};
-use crate::client::request_rollup;
+use crate::bus::client::request_rollup;
+use crate::bus::schedule_state::{Cas, StateStore, Versioned};
 use crate::domain::calendar::{Firing, Schedule, State};
 use crate::domain::period::Period;
 use anyhow::Context;

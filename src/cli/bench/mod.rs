@@ -292,7 +292,7 @@ impl Ctx<'_> {
         let request = json!({"period_start": period.start, "period_end": period.end,
                              "request_id": request_id});
         let started = Instant::now();
-        crate::client::request_rollup(self.js, &request, &request_id).await?;
+        crate::bus::client::request_rollup(self.js, &request, &request_id).await?;
         let event = tokio::time::timeout(Duration::from_secs(3600), async {
             while let Some(msg) = completed.next().await {
                 let v: Value = serde_json::from_slice(&msg.payload)?;
