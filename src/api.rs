@@ -1,6 +1,7 @@
 //! Request handlers, independent of the transport: a payload and the caller's scope in, a
 //! JSON value or a typed error out. `bus::service` puts them on NATS.
 
+use crate::domain::catalog::TenantPut;
 use crate::domain::catalog::{
     Addon, Catalog, Currency, Plan, Subscription, TaxPolicy, Tenant, TenantId,
 };
@@ -12,7 +13,7 @@ use crate::domain::quote::{self, MeteredSubscription};
 use crate::error::{Error, Result};
 use crate::rollup::invoice_event;
 use crate::store::{self, invoices::ListFilter};
-use crate::wire::{self, AddonDto, PlanDto, SubscriptionDto, TenantDto, TenantPut, TenantPutDto};
+use crate::wire::{self, AddonDto, PlanDto, SubscriptionDto, TenantDto, TenantPutDto};
 use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};

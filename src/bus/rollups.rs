@@ -15,10 +15,11 @@ use super::ack::{
     ack_for, backoff, delivered, in_progress, pull, settle, Liveness, Pulled, RetryWindow,
 };
 use super::{WORK_ITEM, WORK_PROGRESS_EVERY};
+use crate::domain::rollup::RollupRequest;
 use crate::error::Error;
 use crate::store::{self, outbox::Event};
 use crate::subjects::{ROLLUP_PROGRESS, ROLLUP_REJECTED};
-use crate::wire::{self, RollupRequest, RollupRequestDto};
+use crate::wire::{self, RollupRequestDto};
 use async_nats::jetstream::{self, consumer::PullConsumer, message::Message, AckKind};
 use futures::StreamExt;
 use serde_json::json;

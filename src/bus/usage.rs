@@ -10,10 +10,11 @@
 //! whatever is wrong with one message cannot hold up the others.
 
 use super::ack::{backoff, delivered, pull, settle, Liveness, Pulled};
+use crate::domain::usage::UsageRecord;
 use crate::error::Error;
 use crate::store::{self, outbox::Event, usage::Ingested};
 use crate::subjects::USAGE_REJECTED;
-use crate::wire::{self, UsageMessage, UsageRecord};
+use crate::wire::{self, UsageMessage};
 use async_nats::jetstream::{consumer::PullConsumer, message::Message, AckKind};
 use futures::StreamExt;
 use sqlx::PgPool;

@@ -5,6 +5,7 @@
 //! do not ascend.
 
 use crate::domain::abn::Abn;
+use crate::domain::grace::GracePeriod;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
@@ -131,7 +132,7 @@ pub struct Tenant {
     /// Who the tenant is on its tax invoices; pricing never reads it.
     pub legal: LegalDetails,
     /// Its own grace window; `None` follows the platform default.
-    pub grace_period: Option<crate::domain::grace::GracePeriod>,
+    pub grace_period: Option<GracePeriod>,
 }
 
 impl Tenant {
@@ -371,6 +372,40 @@ fn non_negative(field: &str, d: Decimal) -> Result<(), CatalogError> {
         )));
     }
     Ok(())
+}
+
+/// A change to one optional field of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Patch<T> {
+    Keep,
+    Clear,
+    Set(T),
+}
+
+impl<T> Patch<T> {
+    /// Whether the stored value changes, and to what: the two parameters of an upsert.
+    pub fn change(&self) -> (bool, Option<&T>) {
+        match self {
+            Patch::Keep => (false, None),
+            Patch::Clear => (true, None),
+            Patch::Set(v) => (true, Some(v)),
+        }
+    }
+}
+
+/// A validated `tenants.put`.
+#[derive(Debug, Clone)]
+pub struct TenantPut {
+    pub tenant_id: TenantId,
+    pub currency: Option<Currency>,
+    pub tax_rate: Option<Decimal>,
+    pub tax_label: Option<String>,
+    pub tax_exempt: Option<bool>,
+    pub legal_name: Patch<String>,
+    pub abn: Patch<Abn>,
+    pub address: Patch<String>,
+    /// `None`: unchanged; `Some(None)`: the platform default.
+    pub grace_period: Option<Option<GracePeriod>>,
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //! | [`grace`] | the grace window: ISO 8601 durations up to `P31D`, when a draft closes |
 //! | [`quote`] | the quote engine shared by quotes, previews and the rollup |
 //! | [`invoice`] | invoices, lines, the status machine |
+//! | [`rollup`] | what a rollup is asked to bill |
+//! | [`usage`] | metered usage records |
 //! | [`document`] | tax invoice documents: a view model of an invoice, rendered to HTML and PDF |
 
 pub mod abn;
@@ -24,3 +26,5 @@ pub mod invoice;
 pub mod money;
 pub mod period;
 pub mod quote;
+pub mod rollup;
+pub mod usage;

@@ -11,9 +11,9 @@
 use super::batch;
 use super::window::{Grace, Mode};
 use crate::domain::invoice::{Invoice, Status};
+use crate::domain::rollup::RollupRequest;
 use crate::error::Result;
 use crate::store::{self, outbox::Event};
-use crate::wire::RollupRequest;
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::PgPool;
 

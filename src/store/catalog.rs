@@ -4,7 +4,6 @@ use crate::domain::abn::Abn;
 use crate::domain::catalog::*;
 use crate::domain::grace::GracePeriod;
 use crate::error::{Error, Result};
-use crate::wire::{OverageDto, TenantPut};
 use rust_decimal::Decimal;
 use sqlx::{PgExecutor, PgPool, Row};
 use std::collections::BTreeMap;
@@ -110,7 +109,7 @@ pub async fn lock_tenants(db: impl PgExecutor<'_>, ids: &[String]) -> Result<Vec
 }
 
 pub async fn put_plan(pool: &PgPool, p: &Plan) -> Result<()> {
-    let overage: BTreeMap<&String, OverageDto> =
+    let overage: BTreeMap<&String, StoredOverage> =
         p.overage.iter().map(|(k, v)| (k, v.into())).collect();
     let included: BTreeMap<&String, String> =
         p.included.iter().map(|(k, v)| (k, v.to_string())).collect();
@@ -234,9 +233,90 @@ pub async fn put_subscription(pool: &PgPool, s: &Subscription) -> Result<()> {
     Ok(())
 }
 
+/// One resource kind's overage price as the `plans.overage` JSONB column stores it: the
+/// contract's shape (`{"unit_price"}` or `{"mode", "tiers"}`) with exact decimal strings. The
+/// store owns it, so the storage format changes only with a migration, never with the wire.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredOverage {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    unit_price: Option<Decimal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tiers: Option<Vec<StoredTier>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredTier {
+    #[serde(default, with = "rust_decimal::serde::str_option")]
+    up_to: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str")]
+    unit_price: Decimal,
+}
+
+impl From<&OveragePrice> for StoredOverage {
+    fn from(o: &OveragePrice) -> Self {
+        match o {
+            OveragePrice::PerUnit(p) => StoredOverage {
+                unit_price: Some(*p),
+                mode: None,
+                tiers: None,
+            },
+            OveragePrice::Tiered { mode, tiers } => StoredOverage {
+                unit_price: None,
+                mode: Some(
+                    match mode {
+                        TierMode::Graduated => "graduated",
+                        TierMode::Volume => "volume",
+                    }
+                    .into(),
+                ),
+                tiers: Some(
+                    tiers
+                        .iter()
+                        .map(|t| StoredTier {
+                            up_to: t.up_to,
+                            unit_price: t.unit_price,
+                        })
+                        .collect(),
+                ),
+            },
+        }
+    }
+}
+
+impl TryFrom<StoredOverage> for OveragePrice {
+    type Error = String;
+    fn try_from(o: StoredOverage) -> std::result::Result<Self, String> {
+        match (o.unit_price, o.mode.as_deref(), o.tiers) {
+            (Some(p), None, None) => Ok(OveragePrice::PerUnit(p)),
+            (None, Some(mode), Some(tiers)) => {
+                let mode = match mode {
+                    "graduated" => TierMode::Graduated,
+                    "volume" => TierMode::Volume,
+                    other => return Err(format!("overage mode {other:?}")),
+                };
+                let tiers = tiers
+                    .into_iter()
+                    .map(|t| Tier {
+                        up_to: t.up_to,
+                        unit_price: t.unit_price,
+                    })
+                    .collect();
+                OveragePrice::tiered(mode, tiers).map_err(|e| e.to_string())
+            }
+            _ => Err("overage is neither a unit price nor tiers".into()),
+        }
+    }
+}
+
 fn plan_from_row(row: &sqlx::postgres::PgRow) -> Result<Plan> {
     let included: sqlx::types::Json<BTreeMap<String, String>> = row.try_get("included")?;
-    let overage: sqlx::types::Json<BTreeMap<String, OverageDto>> = row.try_get("overage")?;
+    let overage: sqlx::types::Json<BTreeMap<String, StoredOverage>> = row.try_get("overage")?;
     let corrupt = |e: String| Error::internal(format!("stored plan is invalid: {e}"));
     let included = included
         .0
@@ -246,12 +326,7 @@ fn plan_from_row(row: &sqlx::postgres::PgRow) -> Result<Plan> {
     let overage = overage
         .0
         .into_iter()
-        .map(|(k, v)| {
-            Ok((
-                k,
-                OveragePrice::try_from(v).map_err(|e| corrupt(e.to_string()))?,
-            ))
-        })
+        .map(|(k, v)| Ok((k, OveragePrice::try_from(v).map_err(corrupt)?)))
         .collect::<Result<_>>()?;
     Ok(Plan {
         code: row.try_get("code")?,

@@ -10,8 +10,8 @@
 
 use crate::domain::catalog::{Subscription, TenantId};
 use crate::domain::period::Period;
+use crate::domain::rollup::RollupRequest;
 use crate::error::{Error, Result};
-use crate::wire::RollupRequest;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,8 @@
 //! Metered usage: deduplicated inserts, late-usage reports, and rejections, in one transaction.
 
 use super::outbox::{self, Event};
+use crate::domain::usage::UsageRecord;
 use crate::error::Result;
-use crate::wire::UsageRecord;
 use sqlx::{PgPool, Row};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

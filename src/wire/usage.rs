@@ -12,6 +12,7 @@
 
 use crate::domain::catalog::{check_instant, check_token};
 use crate::domain::money::Dec;
+pub use crate::domain::usage::UsageRecord;
 use crate::error::Error;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -31,16 +32,6 @@ pub struct UsageRecordDto {
     pub deployment_id: Uuid,
     pub resource_kind: String,
     pub quantity: Dec,
-    pub occurred_at: DateTime<Utc>,
-}
-
-/// A validated metering record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageRecord {
-    pub event_id: Uuid,
-    pub deployment_id: Uuid,
-    pub resource_kind: String,
-    pub quantity: Decimal,
     pub occurred_at: DateTime<Utc>,
 }
 

@@ -4,7 +4,7 @@
 //! stored in the stream.
 
 use crate::domain::period::Period;
-use crate::wire::RollupRequest;
+use crate::domain::rollup::RollupRequest;
 use chrono::{SubsecRound, Utc};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};

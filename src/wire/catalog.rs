@@ -1,42 +1,15 @@
-//! Wire DTOs: the JSON shapes of CONTRACT.md, parsed into domain values with `TryFrom` at the
-//! edge ("parse, don't validate"). Nothing past the adapters sees these types.
+//! Catalogue payloads: `billing.admin.{plans,addons,tenants,subscriptions}.put` and what they
+//! answer.
 
 use crate::domain::abn::Abn;
 use crate::domain::catalog::*;
 use crate::domain::grace::GracePeriod;
 use crate::domain::money::Dec;
-use crate::domain::period::Period;
 use crate::error::Error;
-use chrono::{DateTime, NaiveDate, Utc};
-use rust_decimal::Decimal;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
-
-pub mod usage;
-pub use usage::{parse_usage, RejectedUsage, UsageMessage, UsageRecord};
-
-/// Parses a JSON payload into a DTO, mapping every failure to `bad_request`.
-pub fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
-    // Requests are JSON objects; serde would otherwise accept an array in field order.
-    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Error::bad("invalid payload: expected a JSON object"));
-    }
-    // The path names the offending field: "period_start: input is out of range".
-    let mut de = serde_json::Deserializer::from_slice(payload);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            Error::bad(format!("invalid payload: {inner}"))
-        } else {
-            Error::bad(format!("invalid payload: {path}: {inner}"))
-        }
-    })?;
-    de.end()
-        .map_err(|e| Error::bad(format!("invalid payload: {e}")))?;
-    Ok(value)
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TierDto {
@@ -302,51 +275,6 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-/// A change to one optional field of a stored object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Patch<T> {
-    Keep,
-    Clear,
-    Set(T),
-}
-
-impl<T> Patch<T> {
-    fn parse<E>(
-        field: Option<Option<String>>,
-        check: impl FnOnce(&str) -> Result<T, E>,
-    ) -> Result<Self, E> {
-        Ok(match field {
-            None => Patch::Keep,
-            Some(None) => Patch::Clear,
-            Some(Some(v)) => Patch::Set(check(&v)?),
-        })
-    }
-
-    /// Whether the stored value changes, and to what: the two parameters of an upsert.
-    pub fn change(&self) -> (bool, Option<&T>) {
-        match self {
-            Patch::Keep => (false, None),
-            Patch::Clear => (true, None),
-            Patch::Set(v) => (true, Some(v)),
-        }
-    }
-}
-
-/// A validated `tenants.put`.
-#[derive(Debug, Clone)]
-pub struct TenantPut {
-    pub tenant_id: TenantId,
-    pub currency: Option<Currency>,
-    pub tax_rate: Option<Decimal>,
-    pub tax_label: Option<String>,
-    pub tax_exempt: Option<bool>,
-    pub legal_name: Patch<String>,
-    pub abn: Patch<Abn>,
-    pub address: Patch<String>,
-    /// `None`: unchanged; `Some(None)`: the platform default.
-    pub grace_period: Option<Option<GracePeriod>>,
-}
-
 impl TryFrom<TenantPutDto> for TenantPut {
     type Error = Error;
     fn try_from(t: TenantPutDto) -> Result<Self, Error> {
@@ -363,9 +291,9 @@ impl TryFrom<TenantPutDto> for TenantPut {
             tax_rate: t.tax_rate.map(|d| d.0),
             tax_label: t.tax_label.map(|l| l.trim().to_string()),
             tax_exempt: t.tax_exempt,
-            legal_name: Patch::parse(t.legal_name, |v| check_legal_name("legal_name", v))?,
-            abn: Patch::parse(t.abn, Abn::parse).map_err(Error::bad)?,
-            address: Patch::parse(t.address, |v| check_address("address", v))?,
+            legal_name: patch(t.legal_name, |v| check_legal_name("legal_name", v))?,
+            abn: patch(t.abn, Abn::parse).map_err(Error::bad)?,
+            address: patch(t.address, |v| check_address("address", v))?,
             grace_period: t
                 .grace_period
                 .map(|g| g.as_deref().map(GracePeriod::parse).transpose())
@@ -406,98 +334,22 @@ impl From<&Tenant> for TenantDto {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RollupRequestDto {
-    pub period_start: NaiveDate,
-    #[serde(default)]
-    pub period_end: Option<NaiveDate>,
-    #[serde(default)]
-    pub force: Option<bool>,
-    #[serde(default)]
-    pub tenant_ids: Option<Vec<String>>,
-    #[serde(default)]
-    pub draft: Option<bool>,
-    #[serde(default)]
-    pub request_id: Option<String>,
-}
-
-/// A validated rollup request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RollupRequest {
-    pub period: Period,
-    pub force: bool,
-    pub tenant_ids: Option<Vec<TenantId>>,
-    pub draft: bool,
-    pub request_id: Option<String>,
-}
-
-impl TryFrom<RollupRequestDto> for RollupRequest {
-    type Error = Error;
-    fn try_from(r: RollupRequestDto) -> Result<Self, Error> {
-        let period = match r.period_end {
-            Some(end) => Period::new(r.period_start, end),
-            None => Period::monthly(r.period_start),
-        }
-        .map_err(Error::bad)?;
-        let tenant_ids = match r.tenant_ids {
-            None => None,
-            Some(ids) if ids.is_empty() => {
-                return Err(Error::bad(
-                    "tenant_ids must not be empty (null means every tenant)",
-                ))
-            }
-            Some(ids) => {
-                let mut ids = ids
-                    .iter()
-                    .map(|t| TenantId::parse(t))
-                    .collect::<Result<Vec<_>, _>>()?;
-                ids.sort();
-                ids.dedup();
-                Some(ids)
-            }
-        };
-        if let Some(id) = &r.request_id {
-            if id.is_empty() || id.len() > 128 {
-                return Err(Error::bad("request_id must be 1-128 characters"));
-            }
-        }
-        Ok(RollupRequest {
-            period,
-            force: r.force.unwrap_or(false),
-            tenant_ids,
-            draft: r.draft.unwrap_or(false),
-            request_id: r.request_id,
-        })
-    }
+/// A `null`-able field of a put: omitted keeps, `null` clears, a value is checked and set.
+fn patch<T, E>(
+    field: Option<Option<String>>,
+    check: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<Patch<T>, E> {
+    Ok(match field {
+        None => Patch::Keep,
+        Some(None) => Patch::Clear,
+        Some(Some(v)) => Patch::Set(check(&v)?),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::*;
-
-    #[test]
-    fn rollup_request_defaults_and_validation() {
-        let r: RollupRequest = parse::<RollupRequestDto>(br#"{"period_start":"2026-04-01"}"#)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        assert_eq!(r.period.end.to_string(), "2026-05-01");
-        assert!(!r.force && !r.draft && r.tenant_ids.is_none());
-        for bad in [
-            r#"{}"#,
-            r#"{"period_start":"2026-04"}"#,
-            r#"{"period_start":"2026-04-01","period_end":"2026-03-01"}"#,
-            r#"{"period_start":"2026-04-01","force":"yes"}"#,
-            r#"{"period_start":"2026-04-01","tenant_ids":["a.b"]}"#,
-            r#"{"period_start":"2026-04-01","tenant_ids":[]}"#,
-            r#"[]"#,
-            r#"not json"#,
-            "",
-        ] {
-            let r = parse::<RollupRequestDto>(bad.as_bytes()).and_then(RollupRequest::try_from);
-            assert!(matches!(r, Err(Error::BadRequest(_))), "{bad}");
-        }
-    }
 
     #[test]
     fn tenant_legal_details_keep_clear_or_set() {
