@@ -192,6 +192,24 @@ pub struct Invoice {
     pub lines: Option<Vec<Line>>,
 }
 
+/// The period's issued and paid amounts (tax excluded) of one deployment (`None`: tenant-level
+/// lines) in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeploymentRevenue {
+    pub deployment_id: Option<Uuid>,
+    pub currency: String,
+    pub amount_cents: i64,
+}
+
+/// The period's issued and paid amounts of one line kind and resource kind in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindRevenue {
+    pub kind: String,
+    pub resource_kind: Option<String>,
+    pub currency: String,
+    pub amount_cents: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

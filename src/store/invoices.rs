@@ -3,7 +3,9 @@
 
 use crate::domain::abn::Abn;
 use crate::domain::document::{Parties, Recipient, Seller};
-use crate::domain::invoice::{format_number, Invoice, Line, LineKind, QuoteLine, Status};
+use crate::domain::invoice::{
+    format_number, DeploymentRevenue, Invoice, KindRevenue, Line, LineKind, QuoteLine, Status,
+};
 use crate::domain::period::Period;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -300,16 +302,25 @@ pub async fn set_status(db: &mut PgConnection, inv: &Invoice) -> Result<()> {
 pub async fn revenue_summary(
     db: &mut PgConnection,
     period_start: chrono::NaiveDate,
-) -> Result<serde_json::Value> {
+) -> Result<(Vec<DeploymentRevenue>, Vec<KindRevenue>)> {
     let by_deployment = sqlx::query(
-        "SELECT l.deployment_id, i.currency, sum(l.amount_cents)::bigint AS amount_cents, count(DISTINCT i.id) AS invoices
+        "SELECT l.deployment_id, i.currency, sum(l.amount_cents)::bigint AS amount_cents
          FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
          WHERE i.period_start = $1 AND i.status IN ('issued', 'paid') AND l.kind <> 'tax'
          GROUP BY l.deployment_id, i.currency ORDER BY amount_cents DESC, l.deployment_id",
     )
     .bind(period_start)
     .fetch_all(&mut *db)
-    .await?;
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DeploymentRevenue {
+            deployment_id: r.try_get("deployment_id")?,
+            currency: r.try_get("currency")?,
+            amount_cents: r.try_get("amount_cents")?,
+        })
+    })
+    .collect::<Result<_>>()?;
     let by_kind = sqlx::query(
         "SELECT l.kind, l.resource_kind, i.currency, sum(l.amount_cents)::bigint AS amount_cents
          FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id
@@ -318,33 +329,18 @@ pub async fn revenue_summary(
     )
     .bind(period_start)
     .fetch_all(&mut *db)
-    .await?;
-    let dep = by_deployment
-        .iter()
-        .map(|r| {
-            Ok(serde_json::json!({
-                "deployment_id": r.try_get::<Option<Uuid>, _>("deployment_id")?,
-                "currency": r.try_get::<String, _>("currency")?,
-                "amount_cents": r.try_get::<i64, _>("amount_cents")?,
-            }))
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(KindRevenue {
+            kind: r.try_get("kind")?,
+            resource_kind: r.try_get("resource_kind")?,
+            currency: r.try_get("currency")?,
+            amount_cents: r.try_get("amount_cents")?,
         })
-        .collect::<Result<Vec<_>>>()?;
-    let kind = by_kind
-        .iter()
-        .map(|r| {
-            Ok(serde_json::json!({
-                "kind": r.try_get::<String, _>("kind")?,
-                "resource_kind": r.try_get::<Option<String>, _>("resource_kind")?,
-                "currency": r.try_get::<String, _>("currency")?,
-                "amount_cents": r.try_get::<i64, _>("amount_cents")?,
-            }))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(serde_json::json!({
-        "period_start": period_start,
-        "by_deployment": dep,
-        "by_resource_kind": kind,
-    }))
+    })
+    .collect::<Result<_>>()?;
+    Ok((by_deployment, by_kind))
 }
 
 /// What a tenant already has for a period.

@@ -5,16 +5,25 @@
 //! | module | payloads |
 //! |---|---|
 //! | [`catalog`] | plans, add-ons, tenants, subscriptions |
+//! | [`invoices`] | invoice reads, transitions, previews, documents, the revenue summary |
+//! | [`quote`] | `billing.quote` |
+//! | [`health`] | `billing.admin.health` |
 //! | [`rollup`] | `billing.rollup.requested` |
 //! | [`usage`] | `metering.usage.recorded`, `billing.usage.rejected` |
 
 use crate::error::Error;
 
 pub mod catalog;
+pub mod health;
+pub mod invoices;
+pub mod quote;
 pub mod rollup;
 pub mod usage;
 
 pub use catalog::*;
+pub use health::*;
+pub use invoices::*;
+pub use quote::QuoteRequest;
 pub use rollup::RollupRequestDto;
 pub use usage::{parse_usage, RejectedUsage, UsageMessage};
 
